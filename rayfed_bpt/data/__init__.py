@@ -1,0 +1,25 @@
+"""Arrow datasets, partitioners and client shards. Knows nothing of Ray or models."""
+
+from .dataset import Dataset, default_data_root, load_dataset, save_dataset
+from .partition import PARTITIONERS, PartitionConfig, partition_indices
+from .prepare import builtin_dataset_path, ensure_builtin, prepare
+from .schema import SCHEMA_VERSION, DatasetInfo
+from .shards import ClientShard, PartitionReader, write_partition
+
+__all__ = [
+    "PARTITIONERS",
+    "SCHEMA_VERSION",
+    "ClientShard",
+    "Dataset",
+    "DatasetInfo",
+    "PartitionConfig",
+    "PartitionReader",
+    "builtin_dataset_path",
+    "default_data_root",
+    "ensure_builtin",
+    "load_dataset",
+    "partition_indices",
+    "prepare",
+    "save_dataset",
+    "write_partition",
+]

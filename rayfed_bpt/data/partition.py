@@ -1,0 +1,233 @@
+"""Partitioners: who holds which example. Pure functions of (labels, domains, config, seed).
+
+Every partitioner is one weight matrix ``W`` (clients x cells) over *cells* of
+examples (a cell is a label, a domain, or a (domain, label) pair). Each cell's
+examples are shuffled and dealt to clients in proportion to its column of
+``W`` (largest-remainder rounding). The test split is dealt by the same rule,
+with ``W`` = each client's train counts per (domain, label) cell, so a
+client's test part follows its own label and domain mix.
+
+- ``iid``        one cell, equal weights.
+- ``dirichlet``  cells = labels, each label's column ~ Dirichlet(alpha) over clients.
+- ``k_classes``  cells = labels, client k holds ``k`` classes (balanced cover).
+- ``domain``     cells = domains, one domain per client (round robin).
+- ``domain_mix`` cells = (domain, label); client k draws domain proportions
+  ``pi_k ~ Dirichlet(beta)`` (several domains per client, the intra-client
+  heterogeneity pFedBayesPT targets) and, when ``label_alpha`` is set, label
+  proportions ``lambda_k ~ Dirichlet(label_alpha)``; ``W[k, (d, c)] = pi_kd * lambda_kc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+PARTITIONERS = ("iid", "dirichlet", "k_classes", "domain", "domain_mix")
+# The options each partitioner reads, beyond num_clients, seed, min_samples.
+OPTIONS = {
+    "iid": (),
+    "dirichlet": ("alpha",),
+    "k_classes": ("k",),
+    "domain": (),
+    "domain_mix": ("beta", "label_alpha"),
+}
+RANDOM_WEIGHTS = ("dirichlet", "domain_mix")  # partitioners that may redraw for min_samples
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """A partition's recipe; together with the dataset and the seed it fixes the result."""
+
+    partitioner: str = "domain_mix"
+    num_clients: int = 20
+    seed: int = 0
+    alpha: float = 0.5
+    beta: float = 0.5
+    label_alpha: float | None = None
+    k: int = 2
+    min_samples: int = 10
+    max_draws: int = 100
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.partitioner not in PARTITIONERS:
+            raise ConfigError(
+                f"unknown partitioner {self.partitioner!r}; allowed: {list(PARTITIONERS)}"
+            )
+        if self.extra:
+            raise ConfigError(
+                f"unknown partition options {sorted(self.extra)}; {self.partitioner!r} takes "
+                f"{list(OPTIONS[self.partitioner]) + ['num_clients', 'seed', 'min_samples']}"
+            )
+        if self.num_clients < 1:
+            raise ConfigError(f"num_clients must be >= 1, got {self.num_clients}")
+        for name in ("alpha", "beta"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"{name} must be > 0 (a Dirichlet concentration), got {getattr(self, name)}"
+                )
+        if self.label_alpha is not None and self.label_alpha <= 0:
+            raise ConfigError(f"label_alpha must be > 0 or unset, got {self.label_alpha}")
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.min_samples < 0 or self.max_draws < 1:
+            raise ConfigError("min_samples must be >= 0 and max_draws >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartitionConfig:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        extra = {k: v for k, v in d.items() if k not in known}
+        return cls(**{k: v for k, v in d.items() if k in known}, extra=extra)
+
+    def to_dict(self) -> dict:
+        """The options that matter for this partitioner (what a manifest records)."""
+        d = asdict(self)
+        d.pop("extra")
+        keep = {
+            "partitioner",
+            "num_clients",
+            "seed",
+            "min_samples",
+            "max_draws",
+            *OPTIONS[self.partitioner],
+        }
+        return {k: v for k, v in d.items() if k in keep}
+
+
+@dataclass
+class Partition:
+    """Per-client example indices into the dataset (train and test)."""
+
+    train: list[np.ndarray]
+    test: list[np.ndarray]
+
+
+def deal(cells: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Assign each example to a client: cell ``c``'s examples go to clients in
+    proportion to ``weights[:, c]``. Returns the client id per example (-1 where
+    a cell has zero total weight)."""
+    num_clients, num_cells = weights.shape
+    owner = np.full(len(cells), -1, dtype=np.int64)
+    order = np.argsort(cells, kind="stable")
+    bounds = np.searchsorted(cells[order], np.arange(num_cells + 1))
+    for c in range(num_cells):
+        idx = order[bounds[c] : bounds[c + 1]]
+        total = weights[:, c].sum()
+        if len(idx) == 0 or total <= 0:
+            continue
+        counts = largest_remainder(weights[:, c] / total, len(idx))
+        owner[rng.permutation(idx)] = np.repeat(np.arange(num_clients), counts)
+    return owner
+
+
+def largest_remainder(p: np.ndarray, n: int) -> np.ndarray:
+    """Integer counts summing to ``n``, as close as possible to ``n * p``."""
+    exact = p * n
+    counts = np.floor(exact).astype(np.int64)
+    short = n - counts.sum()
+    if short > 0:
+        counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+def _weights(cfg: PartitionConfig, labels, domains, num_classes, num_domains, rng):
+    """(cells per example, weight matrix clients x cells) for one draw."""
+    K = cfg.num_clients
+    if cfg.partitioner == "iid":
+        return np.zeros(len(labels), np.int64), np.ones((K, 1))
+    if cfg.partitioner == "dirichlet":
+        return labels, rng.dirichlet(np.full(K, cfg.alpha), size=num_classes).T
+    if cfg.partitioner == "k_classes":
+        if cfg.k > num_classes:
+            raise ConfigError(f"k={cfg.k} exceeds the dataset's {num_classes} classes")
+        perm = rng.permutation(num_classes)
+        w = np.zeros((K, num_classes))
+        for i in range(K):
+            w[i, perm[(i * cfg.k + np.arange(cfg.k)) % num_classes]] = 1
+        return labels, w
+    if cfg.partitioner == "domain":
+        w = np.zeros((K, num_domains))
+        w[np.arange(K), rng.permutation(K) % num_domains] = 1
+        return domains, w
+    # domain_mix
+    pi = rng.dirichlet(np.full(num_domains, cfg.beta), size=K)  # K x D
+    if cfg.label_alpha is None:
+        lam = np.ones((K, num_classes))
+    else:
+        lam = rng.dirichlet(np.full(num_classes, cfg.label_alpha), size=K)  # K x C
+    w = (pi[:, :, None] * lam[:, None, :]).reshape(K, num_domains * num_classes)
+    return domains * num_classes + labels, w
+
+
+def partition_indices(
+    cfg: PartitionConfig,
+    labels: np.ndarray,
+    domains: np.ndarray,
+    is_train: np.ndarray,
+    num_classes: int,
+    num_domains: int,
+) -> Partition:
+    """Split a dataset's examples among ``cfg.num_clients`` clients.
+
+    Raises a ``DataError`` when ``min_samples`` train examples per client cannot
+    be met within ``cfg.max_draws`` draws, rather than retrying forever.
+    """
+    labels = np.asarray(labels, np.int64)
+    domains = np.asarray(domains, np.int64)
+    is_train = np.asarray(is_train, bool)
+    train_idx = np.flatnonzero(is_train)
+    test_idx = np.flatnonzero(~is_train)
+    K = cfg.num_clients
+    n_train = len(train_idx)
+    if K > n_train:
+        raise DataError(
+            f"{K} clients but only {n_train} training examples: every client needs data. "
+            "Use fewer clients (--num-clients) or a larger dataset."
+        )
+    if K * cfg.min_samples > n_train:
+        raise DataError(
+            f"{K} clients x min_samples={cfg.min_samples} = {K * cfg.min_samples} exceeds the "
+            f"{n_train} training examples. Lower --min-samples or use fewer clients."
+        )
+    rng = np.random.default_rng(cfg.seed)
+    draws = cfg.max_draws if cfg.partitioner in RANDOM_WEIGHTS else 1
+    smallest = 0
+    for _ in range(draws):
+        cells, w = _weights(
+            cfg, labels[train_idx], domains[train_idx], num_classes, num_domains, rng
+        )
+        owner = deal(cells, w, rng)
+        sizes = np.bincount(owner[owner >= 0], minlength=K)
+        smallest = int(sizes.min())
+        if smallest >= max(cfg.min_samples, 1):
+            break
+    else:
+        hint = {
+            "dirichlet": "raise --alpha",
+            "domain_mix": "raise --beta / --label-alpha",
+        }.get(cfg.partitioner, "check the partitioner options")
+        raise DataError(
+            f"partitioner {cfg.partitioner!r} ({cfg.to_dict()}) could not give every one of "
+            f"{K} clients at least {max(cfg.min_samples, 1)} training examples in {draws} "
+            f"draw(s) (smallest client: {smallest}). Lower --min-samples, use fewer clients, "
+            f"or {hint}."
+        )
+    # Deal the test split by each client's own (domain, label) train mix.
+    joint = domains * num_classes + labels
+    num_cells = num_domains * num_classes
+    train_counts = np.zeros((K, num_cells))
+    assigned = owner >= 0
+    np.add.at(train_counts, (owner[assigned], joint[train_idx][assigned]), 1)
+    test_owner = deal(joint[test_idx], train_counts, rng)
+
+    def group(idx: np.ndarray, own: np.ndarray) -> list[np.ndarray]:
+        keep = own >= 0
+        idx, own = idx[keep], own[keep]
+        order = np.argsort(own, kind="stable")
+        bounds = np.searchsorted(own[order], np.arange(K + 1))
+        return [np.sort(idx[order[bounds[k] : bounds[k + 1]]]) for k in range(K)]
+
+    return Partition(train=group(train_idx, owner), test=group(test_idx, test_owner))

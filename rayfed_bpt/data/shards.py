@@ -1,0 +1,214 @@
+"""Client shards on disk: one Arrow IPC file per client plus ``manifest.json``.
+
+A shard holds the client's train rows first, then its test rows, so readers
+slice both parts as zero-copy views of the memory-mapped file. The manifest
+records, per client, the file, its sha256, and counts per label and domain;
+and for the whole partition the dataset it was cut from, the config, the seed
+and the schema version. Readers check all of that before handing out data.
+
+The partition is written into a temporary folder beside the target and
+renamed into place when complete, so an interrupted write leaves nothing
+under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import DataError
+from .arrow_io import read_table, sha256_file, write_json, write_table
+from .dataset import Dataset
+from .partition import PartitionConfig, partition_indices
+from .schema import SCHEMA_VERSION, DatasetInfo, check_schema_version, images_view
+
+MANIFEST = "manifest.json"
+
+
+def shard_name(client_id: int) -> str:
+    return f"client_{client_id:05d}.arrow"
+
+
+def write_partition(
+    dataset: Dataset, cfg: PartitionConfig, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Partition ``dataset`` by ``cfg`` and write shards + manifest to ``out_dir``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        if _same_recipe(out_dir, dataset, cfg):
+            return out_dir  # already written from this dataset with this config
+        raise DataError(
+            f"{out_dir} already exists with another dataset or config. Pass --overwrite to "
+            "replace it, or choose another --out."
+        )
+    info = dataset.info
+    splits = dataset.splits
+    part = partition_indices(
+        cfg,
+        dataset.labels,
+        dataset.domains,
+        splits == "train",
+        info.num_classes,
+        info.num_domains,
+    )
+    empty_test = [k for k, t in enumerate(part.test) if len(t) == 0]
+    if empty_test:
+        raise DataError(
+            f"clients {empty_test[:10]}{'...' if len(empty_test) > 10 else ''} would get no test "
+            f"examples (their train mix has no test data to match). Use fewer clients than "
+            f"{cfg.num_clients} or raise --min-samples."
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        labels, domains = dataset.labels, dataset.domains
+        clients = []
+        for k, (tr, te) in enumerate(zip(part.train, part.test)):
+            rows = np.concatenate([tr, te])
+            digest = write_table(dataset.table.take(pa.array(rows)), tmp_dir / shard_name(k))
+            clients.append(
+                {
+                    "client_id": k,
+                    "file": shard_name(k),
+                    "sha256": digest,
+                    "num_train": int(len(tr)),
+                    "num_test": int(len(te)),
+                    "label_counts": {
+                        "train": np.bincount(labels[tr], minlength=info.num_classes).tolist(),
+                        "test": np.bincount(labels[te], minlength=info.num_classes).tolist(),
+                    },
+                    "domain_counts": {
+                        "train": np.bincount(domains[tr], minlength=info.num_domains).tolist(),
+                        "test": np.bincount(domains[te], minlength=info.num_domains).tolist(),
+                    },
+                }
+            )
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": {"path": str(dataset.path), "sha256": dataset.sha256, **info.to_json()},
+            "partition": cfg.to_dict(),
+            "num_clients": cfg.num_clients,
+            "clients": clients,
+        }
+        write_json(manifest, tmp_dir / MANIFEST)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp_dir, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _same_recipe(out_dir: Path, dataset: Dataset, cfg: PartitionConfig) -> bool:
+    try:
+        m = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (
+        m.get("schema_version") == SCHEMA_VERSION
+        and m.get("partition") == cfg.to_dict()
+        and bool(dataset.sha256)
+        and m.get("dataset", {}).get("sha256") == dataset.sha256
+        and all((out_dir / c["file"]).exists() for c in m.get("clients", []))
+    )
+
+
+@dataclass
+class ClientShard:
+    """One client's data: numpy views into its memory-mapped shard."""
+
+    client_id: int
+    table: pa.Table
+    num_train: int
+    num_test: int
+
+    def _part(self, column: str, split: str) -> np.ndarray:
+        arr = images_view(self.table) if column == "image" else self.table.column(column).to_numpy()
+        return arr[: self.num_train] if split == "train" else arr[self.num_train :]
+
+    def images(self, split: str) -> np.ndarray:
+        return self._part("image", split)
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._part("label", split)
+
+    def domains(self, split: str) -> np.ndarray:
+        return self._part("domain", split)
+
+    def ids(self, split: str) -> np.ndarray:
+        return self._part("id", split)
+
+
+class PartitionReader:
+    """Opens a partition folder, checks its manifest, and memory-maps client shards."""
+
+    def __init__(self, root: str | os.PathLike, verify: bool = True):
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.exists():
+            raise DataError(
+                f"no {MANIFEST} in {self.root}: not a partition folder. Create one with "
+                "`rayfed-bpt data partition`."
+            )
+        try:
+            self.manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path} is not valid JSON ({e}); re-run `rayfed-bpt data partition`."
+            ) from e
+        check_schema_version(int(self.manifest.get("schema_version", -1)), f"manifest {path}")
+        self.info = DatasetInfo.from_json(self.manifest["dataset"], f"manifest {path}")
+        self.verify = verify
+        self._clients = {c["client_id"]: c for c in self.manifest["clients"]}
+
+    @property
+    def num_clients(self) -> int:
+        return len(self._clients)
+
+    @property
+    def client_ids(self) -> list[int]:
+        return sorted(self._clients)
+
+    def entry(self, client_id: int) -> dict:
+        if client_id not in self._clients:
+            raise DataError(
+                f"client {client_id} is not in partition {self.root} "
+                f"(clients 0..{self.num_clients - 1})"
+            )
+        return self._clients[client_id]
+
+    def load(self, client_id: int) -> ClientShard:
+        e = self.entry(client_id)
+        path = self.root / e["file"]
+        if self.verify:
+            if not path.exists():
+                raise DataError(
+                    f"shard {path} listed in the manifest is missing; re-run "
+                    "`rayfed-bpt data partition --overwrite`."
+                )
+            actual = sha256_file(path)
+            if actual != e["sha256"]:
+                raise DataError(
+                    f"shard {path} does not match its manifest hash (expected {e['sha256'][:12]}"
+                    f"..., found {actual[:12]}...): it changed after the partition was written. "
+                    "Re-run `rayfed-bpt data partition --overwrite`."
+                )
+        table, info = read_table(path, "shard")
+        if info.class_names != self.info.class_names or info.domain_names != self.info.domain_names:
+            raise DataError(f"shard {path} belongs to another dataset than its manifest says")
+        n_tr, n_te = e["num_train"], e["num_test"]
+        if table.num_rows != n_tr + n_te:
+            raise DataError(f"shard {path} has {table.num_rows} rows, manifest says {n_tr + n_te}")
+        return ClientShard(client_id, table, n_tr, n_te)

@@ -1,0 +1,33 @@
+"""Shared fixtures. Nothing here reaches outside this machine."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+from rayfed_bpt.data import load_dataset, save_dataset  # noqa: E402
+from rayfed_bpt.data.digits4 import build_digits4  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data_root")
+    os.environ["RAYFED_BPT_DATA"] = str(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits4_path(data_root):
+    """The real built-in digits-4 dataset, built once per test session."""
+    table, info = build_digits4(seed=0)
+    return save_dataset(table, info, data_root / "datasets" / "digits4.arrow")
+
+
+@pytest.fixture(scope="session")
+def digits4(digits4_path):
+    return load_dataset(digits4_path)

@@ -1,0 +1,155 @@
+"""Partitioners: properties checked by counting, independent of how they deal."""
+
+import numpy as np
+import pytest
+
+from rayfed_bpt.data.partition import PartitionConfig, largest_remainder, partition_indices
+from rayfed_bpt.errors import ConfigError, DataError
+
+C, D = 10, 4
+
+
+def synthetic(n=8000, seed=1, test_fraction=0.25):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, C, n)
+    domains = rng.integers(0, D, n)
+    is_train = rng.random(n) > test_fraction
+    return labels, domains, is_train
+
+
+def run(**kw):
+    labels, domains, is_train = synthetic()
+    cfg = PartitionConfig(**kw)
+    return cfg, partition_indices(cfg, labels, domains, is_train, C, D), (labels, domains, is_train)
+
+
+@pytest.mark.parametrize("name", ["iid", "dirichlet", "k_classes", "domain", "domain_mix"])
+def test_disjoint_and_split_respecting(name):
+    cfg, part, (labels, domains, is_train) = run(partitioner=name, num_clients=12)
+    train = np.concatenate(part.train)
+    test = np.concatenate(part.test)
+    assert len(np.unique(train)) == len(train), "a train example went to two clients"
+    assert len(np.unique(test)) == len(test), "a test example went to two clients"
+    assert is_train[train].all() and not is_train[test].any()
+    assert all(len(t) >= cfg.min_samples for t in part.train)
+    if name in ("iid", "dirichlet", "domain_mix"):  # these use every training example
+        assert len(train) == is_train.sum()
+
+
+def test_iid_is_balanced():
+    _, part, _ = run(partitioner="iid", num_clients=7)
+    sizes = [len(t) for t in part.train]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_dirichlet_alpha_controls_label_skew():
+    def skew(alpha):
+        _, part, (labels, _, _) = run(
+            partitioner="dirichlet", num_clients=10, alpha=alpha, min_samples=1
+        )
+        # mean over clients of the largest label share
+        return np.mean([np.bincount(labels[t], minlength=C).max() / len(t) for t in part.train])
+
+    assert skew(0.1) > skew(1.0) > skew(100.0)
+    assert skew(100.0) < 0.2  # near uniform over 10 labels
+
+
+def test_k_classes_gives_exactly_k_labels():
+    _, part, (labels, _, _) = run(partitioner="k_classes", num_clients=10, k=3)
+    for t in part.train:
+        assert len(np.unique(labels[t])) == 3
+
+
+def test_domain_gives_one_domain_per_client():
+    _, part, (_, domains, _) = run(partitioner="domain", num_clients=8)
+    seen = [np.unique(domains[t]) for t in part.train]
+    assert all(len(s) == 1 for s in seen)
+    assert sorted({int(s[0]) for s in seen}) == list(range(D))  # all domains covered
+
+
+def test_domain_mix_holds_several_domains_and_beta_controls_it():
+    def domains_per_client(beta):
+        _, part, (_, domains, _) = run(partitioner="domain_mix", num_clients=10, beta=beta)
+        shares = [np.bincount(domains[t], minlength=D) / len(t) for t in part.train]
+        return np.mean([(s > 0.05).sum() for s in shares])
+
+    assert domains_per_client(100.0) == D  # near-even mixes: every domain present
+    assert domains_per_client(0.1) < domains_per_client(100.0)
+    assert domains_per_client(0.5) > 1.5  # intra-client mixing by default
+
+
+def test_domain_mix_with_label_alpha_skews_labels():
+    def label_skew(label_alpha):
+        _, part, (labels, _, _) = run(
+            partitioner="domain_mix", num_clients=10, label_alpha=label_alpha, min_samples=1
+        )
+        return np.mean([np.bincount(labels[t], minlength=C).max() / len(t) for t in part.train])
+
+    assert label_skew(0.1) > label_skew(None) + 0.2
+
+
+def test_test_split_follows_client_mix():
+    _, part, (labels, domains, _) = run(
+        partitioner="domain_mix", num_clients=6, beta=0.3, label_alpha=0.5
+    )
+    for tr, te in zip(part.train, part.test):
+        cells_tr = np.bincount(domains[tr] * C + labels[tr], minlength=C * D) / len(tr)
+        cells_te = np.bincount(domains[te] * C + labels[te], minlength=C * D) / len(te)
+        assert set(np.flatnonzero(cells_te)) <= set(np.flatnonzero(cells_tr))
+        assert np.abs(cells_tr - cells_te).sum() < 0.35  # total variation *2 small
+
+
+def test_same_seed_same_partition_other_seed_differs():
+    _, a, _ = run(partitioner="dirichlet", num_clients=5, seed=3)
+    _, b, _ = run(partitioner="dirichlet", num_clients=5, seed=3)
+    _, c, _ = run(partitioner="dirichlet", num_clients=5, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(a.train + a.test, b.train + b.test))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.train, c.train))
+
+
+def test_largest_remainder_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.dirichlet(np.ones(7))
+        n = int(rng.integers(0, 100))
+        counts = largest_remainder(p, n)
+        assert counts.sum() == n
+        assert np.all(np.abs(counts - p * n) < 1)
+
+
+def test_min_samples_unreachable_is_a_clear_error_not_a_loop():
+    with pytest.raises(DataError, match="could not give every one of 50 clients at least 100"):
+        run(partitioner="dirichlet", num_clients=50, alpha=0.05, min_samples=100, max_draws=5)
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(partitioner="nope"), "unknown partitioner 'nope'"),
+        (dict(alpha=0.0), "alpha must be > 0"),
+        (dict(alpha=-1.0), "alpha must be > 0"),
+        (dict(beta=0.0), "beta must be > 0"),
+        (dict(num_clients=0), "num_clients must be >= 1"),
+    ],
+)
+def test_bad_options(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        PartitionConfig(**kw)
+
+
+def test_unknown_option_names_allowed_ones():
+    with pytest.raises(ConfigError, match=r"unknown partition options \['alhpa'\].*alpha"):
+        PartitionConfig.from_dict({"partitioner": "dirichlet", "alhpa": 0.1})
+
+
+def test_more_clients_than_examples():
+    labels, domains, is_train = synthetic(n=40)
+    with pytest.raises(DataError, match="clients but only .* training examples"):
+        partition_indices(
+            PartitionConfig(partitioner="iid", num_clients=100, min_samples=0),
+            labels,
+            domains,
+            is_train,
+            C,
+            D,
+        )
