@@ -87,6 +87,39 @@ def cmd_data_show(args: argparse.Namespace) -> None:
     print(f"wrote {png}")
 
 
+def cmd_backbone_pretrain(args: argparse.Namespace) -> None:
+    from .models.pretrain import pretrain_backbone
+
+    r = pretrain_backbone(
+        out=args.out,
+        num_images=args.num_images,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(
+        f"wrote {r['path']} ({r['params']} parameters, glyph val acc {r['val_acc']:.3f}, "
+        f"{r['seconds']:.0f}s)"
+    )
+
+
+def cmd_backbone_probe(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import ensure_builtin, load_dataset
+    from .models import create_backbone
+    from .models.pretrain import linear_probe
+
+    torch.manual_seed(0)
+    ds = load_dataset(args.dataset or ensure_builtin())
+    backbone = create_backbone(args.source, args.name, args.checkpoint)
+    acc = linear_probe(backbone, ds)
+    for name, a in acc.items():
+        print(f"{name:<12} linear-probe test accuracy {a:.3f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rayfed-bpt",
@@ -183,6 +216,40 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--png", help="where to write the plot (default: <partition>/partition.png)")
     sh.add_argument("--max-rows", type=int, default=50)
     sh.set_defaults(func=cmd_data_show)
+
+    bb = sub.add_parser(
+        "backbone",
+        help="pre-train or probe the frozen backbone",
+        description="Pre-train the built-in backbone, or probe a backbone.",
+    )
+    bsub = bb.add_subparsers(dest="backbone_command", required=True)
+    pt = bsub.add_parser(
+        "pretrain",
+        help="pre-train the built-in ViT on rendered glyphs",
+        description="Pre-train the built-in ViT (rfbpt_vit_digits) on glyphs "
+        "rendered from fonts that no federated split uses; seeded.",
+    )
+    from .models.backbone import BUILTIN_WEIGHTS
+
+    pt.add_argument("--out", default=str(BUILTIN_WEIGHTS), help="weights file (.safetensors)")
+    pt.add_argument("--num-images", type=int, default=100_000)
+    pt.add_argument("--epochs", type=int, default=40)
+    pt.add_argument("--batch-size", type=int, default=512)
+    pt.add_argument("--lr", type=float, default=2e-3)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--device", default="cpu", help="cpu or cuda (much faster)")
+    pt.set_defaults(func=cmd_backbone_pretrain)
+    pb = bsub.add_parser(
+        "probe",
+        help="linear-probe accuracy per domain",
+        description="Fit a logistic-regression probe on frozen features of "
+        "each domain's train split and print its test accuracy.",
+    )
+    pb.add_argument("--dataset", help="dataset .arrow (default: built-in digits4)")
+    pb.add_argument("--source", default="builtin", choices=["builtin", "timm", "file"])
+    pb.add_argument("--name", help="timm model name (source timm/file)")
+    pb.add_argument("--checkpoint", help="weights file (source file)")
+    pb.set_defaults(func=cmd_backbone_probe)
     return p
 
 

@@ -1,0 +1,119 @@
+"""Frozen ViT backbones, created through timm.
+
+Three sources, one option each:
+
+- ``builtin``: ``rfbpt_vit_digits``, a small ViT (depth 6, width 128, patch 4,
+  32x32 input, ~0.8 M parameters) registered with timm here; its weights ship
+  inside the package (``assets/rfbpt_vit_digits.safetensors``), pre-trained by
+  ``rayfed-bpt backbone pretrain`` on rendered glyphs disjoint from every
+  federated split.
+- ``timm``: any timm VisionTransformer by pretrained name (needs the model hub).
+- ``file``: a timm architecture name plus a local weights file (safetensors or .pth).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from ..errors import ConfigError
+
+BUILTIN_NAME = "rfbpt_vit_digits"
+BUILTIN_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / f"{BUILTIN_NAME}.safetensors"
+BUILTIN_ARGS = dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0)
+MEAN = STD = (0.5, 0.5, 0.5)
+
+default_cfgs = generate_default_cfgs(
+    {
+        f"{BUILTIN_NAME}.glyphs": dict(
+            file=str(BUILTIN_WEIGHTS),
+            num_classes=0,
+            input_size=(3, 32, 32),
+            mean=MEAN,
+            std=STD,
+            license="apache-2.0",
+        ),
+    }
+)
+
+
+@register_model
+def rfbpt_vit_digits(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """The built-in backbone: a small ViT for 32x32 images."""
+    return build_model_with_cfg(
+        VisionTransformer,
+        BUILTIN_NAME,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **{**BUILTIN_ARGS, "num_classes": 0, **kwargs},
+    )
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Frozen means: eval mode forever, no parameter ever asks for a gradient."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train = lambda mode=True: model  # stays in eval mode (no dropout, no drop-path)
+    return model
+
+
+def create_backbone(
+    source: str = "builtin",
+    name: str | None = None,
+    checkpoint: str | None = None,
+) -> VisionTransformer:
+    """A frozen timm VisionTransformer without its classifier (``num_classes=0``)."""
+    if source == "builtin":
+        if not BUILTIN_WEIGHTS.exists():
+            raise ConfigError(
+                f"the built-in backbone weights {BUILTIN_WEIGHTS} are missing; reinstall the "
+                "package or re-create them with `rayfed-bpt backbone pretrain`"
+            )
+        model = timm.create_model(BUILTIN_NAME, pretrained=True)
+    elif source == "timm":
+        if not name:
+            raise ConfigError("backbone.source=timm needs backbone.name (a timm pretrained name)")
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+    elif source == "file":
+        if not name or not checkpoint:
+            raise ConfigError(
+                "backbone.source=file needs backbone.name (timm architecture) "
+                "and backbone.checkpoint (a .safetensors or .pth file)"
+            )
+        if not Path(checkpoint).exists():
+            raise ConfigError(f"backbone checkpoint {checkpoint} does not exist")
+        # num_classes in the overlay: without it timm re-initialises the head silently.
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            num_classes=0,
+            pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=0),
+        )
+    else:
+        raise ConfigError(f"unknown backbone.source {source!r}; allowed: builtin, timm, file")
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(
+            f"backbone {name or BUILTIN_NAME} is a {type(model).__name__}; prompt "
+            "tuning here needs a timm VisionTransformer"
+        )
+    return freeze(model)
+
+
+def normalize(images_uint8, model: VisionTransformer) -> torch.Tensor:
+    """(N, H, W, C) uint8 (tensor or numpy, e.g. a read-only memory-mapped view) ->
+    (N, C, H, W) float, normalized as the backbone was trained."""
+    if not isinstance(images_uint8, torch.Tensor):
+        images_uint8 = torch.tensor(images_uint8)  # copies: shard views are read-only
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = torch.tensor(cfg.get("mean", MEAN)).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", STD)).view(1, -1, 1, 1)
+    x = images_uint8.permute(0, 3, 1, 2).float().div_(255)
+    size = model.patch_embed.img_size
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return (x - mean) / std

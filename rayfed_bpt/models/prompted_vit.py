@@ -1,0 +1,73 @@
+"""Prompt insertion into a frozen timm VisionTransformer (VPT, shallow or deep).
+
+Shallow: ``[CLS, p_1..p_L, patches]`` enters block 0. Deep: block ``i`` sees
+its own ``L`` prompt tokens in the same place (replacing block ``i-1``'s).
+Prompts are per *example* (B, L, D) or (B, depth, L, D): pFedBayesPT draws
+one prompt per image. The readout is what timm's ``forward_head`` would pool
+(the CLS token, or the mean of the patch tokens), so a zero-length prompt
+reproduces the plain ViT exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+
+class PromptedViT(nn.Module):
+    def __init__(self, vit: VisionTransformer):
+        super().__init__()
+        self.vit = vit
+        self.embed_dim = vit.embed_dim
+        self.depth = len(vit.blocks)
+        self.num_prefix = vit.num_prefix_tokens
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch + position embedding: the prompt-free input of block 0."""
+        vit = self.vit
+        x = vit.patch_embed(x)
+        x = vit._pos_embed(x)
+        x = vit.patch_drop(x)
+        return vit.norm_pre(x)
+
+    def _insert(self, x: torch.Tensor, p: torch.Tensor, replace: int) -> torch.Tensor:
+        n = self.num_prefix
+        return torch.cat([x[:, :n], p.to(x.dtype), x[:, n + replace :]], dim=1)
+
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled, normalized feature of images ``x`` under ``prompt``."""
+        h = self.tokens(x)
+        L = 0 if prompt is None else prompt.shape[-2]
+        if L == 0:
+            for blk in self.vit.blocks:
+                h = blk(h)
+        elif prompt.dim() == 3:  # shallow
+            h = self._insert(h, prompt, 0)
+            for blk in self.vit.blocks:
+                h = blk(h)
+        elif prompt.dim() == 4:  # deep: prompt[:, i] for block i
+            if prompt.shape[1] != self.depth:
+                raise ValueError(f"deep prompt has {prompt.shape[1]} layers, ViT has {self.depth}")
+            for i, blk in enumerate(self.vit.blocks):
+                h = blk(self._insert(h, prompt[:, i], 0 if i == 0 else L))
+        else:
+            raise ValueError(f"prompt must be (B, L, D) or (B, depth, L, D), got {prompt.shape}")
+        h = self.vit.norm(h)
+        return self.pool(h, L)
+
+    def pool(self, h: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        vit = self.vit
+        if vit.global_pool == "token":
+            out = h[:, 0]
+        elif vit.global_pool in ("avg", "avgmax", "max"):
+            patches = h[:, self.num_prefix + num_prompts :]
+            out = patches.mean(1) if vit.global_pool == "avg" else patches.amax(1)
+        else:
+            raise ValueError(f"unsupported global_pool {vit.global_pool!r}")
+        return vit.fc_norm(out)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The prompt-free feature e(x): no gradient, cacheable per example."""
+        return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
