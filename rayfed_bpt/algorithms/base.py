@@ -1,0 +1,294 @@
+"""The one small interface every algorithm implements, and the data it sees.
+
+An algorithm says what a client trains and sends (``local_update``), how the
+server aggregates (``aggregate``), what stays personal (``personal_prefixes``)
+and how a client predicts (``predict``). States are plain ``dict[str, Tensor]``
+on the CPU, so any runtime (a loop here, Ray actors in ``rayfed_bpt.runtime``)
+can move them. ``local_update`` takes a *group* of clients, so a runtime can
+later batch several clients' steps into one pass without changing callers.
+
+All randomness comes from ``torch.Generator`` objects seeded by
+``seed_for(seed, round, client)``: results do not depend on which process or
+in which order clients are trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig, from_dict
+from ..errors import ConfigError
+from ..models import PromptedViT, normalize
+
+State = dict[str, torch.Tensor]
+
+
+def seed_for(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (ints, strings): same parts, same seed."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def make_generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(*parts))
+
+
+@dataclass
+class ClientData:
+    """One client's examples: uint8 image views (memory-mapped) plus cached features."""
+
+    client_id: int
+    images: dict[str, np.ndarray]
+    labels: dict[str, torch.Tensor]
+    domains: dict[str, np.ndarray]
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def num(self, split: str) -> int:
+        return len(self.labels[split])
+
+    @classmethod
+    def from_shard(
+        cls, shard, max_train: int | None = None, max_test: int | None = None, seed: int = 0
+    ) -> ClientData:
+        images, labels, domains = {}, {}, {}
+        for split, cap in (("train", max_train), ("test", max_test)):
+            x, y, d = shard.images(split), shard.labels(split), shard.domains(split)
+            if cap is not None and len(y) > cap:
+                rng = np.random.default_rng(seed_for(seed, "subsample", shard.client_id, split))
+                idx = np.sort(rng.choice(len(y), cap, replace=False))
+                x, y, d = x[idx], y[idx], d[idx]
+            images[split] = x
+            labels[split] = torch.as_tensor(np.asarray(y, np.int64))
+            domains[split] = np.asarray(d)
+        return cls(shard.client_id, images, labels, domains)
+
+    def x(self, split: str, idx, backbone: PromptedViT) -> torch.Tensor:
+        """Normalized float images for ``idx`` (made per batch: the uint8 view stays shared)."""
+        return normalize(self.images[split][np.asarray(idx)], backbone.vit)
+
+
+@dataclass
+class ClientTask:
+    """What a client needs for one local update."""
+
+    client_id: int
+    data: ClientData
+    personal: State
+    round: int
+
+
+@dataclass
+class ClientResult:
+    client_id: int
+    num_samples: int
+    update: State  # what travels to the server
+    personal: State  # what stays with the client
+    metrics: dict[str, float]
+
+
+class Algorithm:
+    """Base class. Subclasses set ``name`` and ``Options`` and build their modules."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass
+    class Options:
+        pass
+
+    #: parameter-name prefixes that stay with the client ("" = everything)
+    personal_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        backbone: PromptedViT,
+        num_classes: int,
+        train: TrainConfig,
+        options: dict | None = None,
+        seed: int = 0,
+        num_clients: int = 1,
+    ):
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.train_cfg = train
+        self.opts = from_dict(self.Options, options or {}, f"algorithm.options ({self.name})")
+        self.seed = seed
+        self.num_clients = num_clients
+        self._init: State | None = None
+
+    # ----- state ---------------------------------------------------------------------------
+    def build_module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def is_personal(self, key: str) -> bool:
+        return any(key.startswith(p) for p in self.personal_prefixes)
+
+    @property
+    def has_global_model(self) -> bool:
+        """False when a prediction needs personal state (then no pooled global accuracy)."""
+        return not self.personal_prefixes
+
+    def initial_state(self) -> State:
+        if self._init is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_for(self.seed, "init", self.name))
+                self._init = {
+                    k: v.detach().clone() for k, v in self.build_module().state_dict().items()
+                }
+        return self._init
+
+    def init_global(self) -> State:
+        return {k: v.clone() for k, v in self.initial_state().items() if not self.is_personal(k)}
+
+    def init_personal(self, client_id: int) -> State:
+        return {k: v.clone() for k, v in self.initial_state().items() if self.is_personal(k)}
+
+    def load(self, global_state: State, personal: State) -> nn.Module:
+        module = self.build_module()
+        module.load_state_dict({**global_state, **personal}, strict=True)
+        return module
+
+    def split(self, module: nn.Module) -> tuple[State, State]:
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        shared = {k: v for k, v in state.items() if not self.is_personal(k)}
+        personal = {k: v for k, v in state.items() if self.is_personal(k)}
+        return shared, personal
+
+    # ----- client side ---------------------------------------------------------------------
+    def features(self, data: ClientData, split: str) -> torch.Tensor:
+        """Cached prompt-free features e(x): the frozen backbone never changes them."""
+        key = f"feat_{split}"
+        if key not in data.cache:
+            idx = np.arange(data.num(split))
+            data.cache[key] = (
+                torch.cat(
+                    [
+                        self.backbone.features(data.x(split, idx[i : i + 256], self.backbone))
+                        for i in range(0, len(idx), 256)
+                    ]
+                )
+                if len(idx)
+                else torch.zeros(0, self.backbone.embed_dim)
+            )
+        return data.cache[key]
+
+    def loss(
+        self,
+        module: nn.Module,
+        data: ClientData,
+        idx: torch.Tensor,
+        gen: torch.Generator,
+        round: int,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def run_epochs(
+        self,
+        module: nn.Module,
+        data: ClientData,
+        params,
+        epochs: int,
+        gen: torch.Generator,
+        round: int,
+    ) -> dict[str, float]:
+        """Plain minibatch Adam over ``params`` for ``epochs`` local epochs."""
+        params = [p for p in params if p.requires_grad]
+        if not params or epochs == 0:
+            return {}
+        opt = torch.optim.Adam(
+            params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay
+        )
+        n, bs = data.num("train"), self.train_cfg.batch_size
+        sums: dict[str, float] = {}
+        steps = 0
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, bs):
+                loss, parts = self.loss(module, data, perm[i : i + bs], gen, round)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                for k, v in {"loss": loss.item(), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def train_client(
+        self, module: nn.Module, data: ClientData, gen: torch.Generator, round: int
+    ) -> dict[str, float]:
+        return self.run_epochs(
+            module, data, module.parameters(), self.train_cfg.local_epochs, gen, round
+        )
+
+    def local_update(self, global_state: State, tasks: list[ClientTask]) -> list[ClientResult]:
+        results = []
+        for t in tasks:
+            gen = make_generator(self.seed, "train", t.round, t.client_id)
+            module = self.load(global_state, t.personal)
+            module.train()
+            metrics = self.train_client(module, t.data, gen, t.round)
+            shared, personal = self.split(module)
+            results.append(
+                ClientResult(t.client_id, t.data.num("train"), shared, personal, metrics)
+            )
+        return results
+
+    # ----- server side ---------------------------------------------------------------------
+    def aggregate(self, global_state: State, results: list[ClientResult], round: int) -> State:
+        """Sample-weighted mean of what the clients sent."""
+        if not results:
+            return global_state
+        total = sum(r.num_samples for r in results)
+        new = dict(global_state)
+        for key in results[0].update:
+            new[key] = sum(r.update[key].double() * (r.num_samples / total) for r in results).to(
+                global_state[key].dtype
+            )
+        return new
+
+    # ----- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self, module: nn.Module, data: ClientData, split: str, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Class probabilities (N, C) for ``data``'s ``split``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_client(
+        self, global_state: State, personal: State, data: ClientData, split: str, round: int
+    ) -> torch.Tensor:
+        module = self.load(global_state, personal)
+        module.eval()
+        return self.predict(
+            module, data, split, make_generator(self.seed, "eval", round, data.client_id)
+        )
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Temporarily stop gradients into ``modules`` (e.g. FedRep's alternating phases)."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, r in saved:
+            p.requires_grad_(r)
+
+
+def check_options(opts: object, **ranges: tuple[float, float]) -> None:
+    """Raise a ConfigError naming the option when a value is outside [lo, hi]."""
+    for f in fields(opts):
+        if f.name in ranges and getattr(opts, f.name) is not None:
+            lo, hi = ranges[f.name]
+            v = getattr(opts, f.name)
+            if not lo <= v <= hi:
+                raise ConfigError(f"algorithm option {f.name}={v} must lie in [{lo}, {hi}]")

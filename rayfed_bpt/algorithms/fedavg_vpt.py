@@ -1,0 +1,66 @@
+"""FedAvg-VPT (a.k.a. FedVPT): one global prompt and head, averaged by FedAvg."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Algorithm, ClientData, check_options
+
+
+class VPTModule(nn.Module):
+    """A learnable prompt (shared by every image) and a linear head."""
+
+    def __init__(self, prompt_shape: tuple[int, ...], dim: int, num_classes: int):
+        super().__init__()
+        self.prompt = nn.Parameter(torch.randn(prompt_shape) * 0.02)
+        self.head = nn.Linear(dim, num_classes)
+
+
+class FedAvgVPT(Algorithm):
+    name = "fedavg_vpt"
+
+    @dataclass
+    class Options:
+        prompt_len: int = 8
+        deep: bool = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_options(self.opts, prompt_len=(0, 512))
+
+    @property
+    def prompt_shape(self) -> tuple[int, ...]:
+        bb = self.backbone
+        L, D = self.opts.prompt_len, bb.embed_dim
+        return (bb.depth, L, D) if self.opts.deep else (L, D)
+
+    def build_module(self) -> nn.Module:
+        return VPTModule(self.prompt_shape, self.backbone.embed_dim, self.num_classes)
+
+    def logits(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        prompt = module.prompt.unsqueeze(0).expand(len(x), *module.prompt.shape)
+        return module.head(self.backbone(x, prompt))
+
+    def loss(self, module, data: ClientData, idx, gen, round):
+        x = data.x("train", idx, self.backbone)
+        return F.cross_entropy(self.logits(module, x), data.labels["train"][idx]), {}
+
+    @torch.no_grad()
+    def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:
+        n = data.num(split)
+        return (
+            torch.cat(
+                [
+                    self.logits(
+                        module, data.x(split, torch.arange(i, min(i + 256, n)), self.backbone)
+                    ).softmax(-1)
+                    for i in range(0, n, 256)
+                ]
+            )
+            if n
+            else torch.zeros(0, self.num_classes)
+        )

@@ -1,0 +1,201 @@
+"""Experiment configuration: nested dataclasses, YAML files and dotted overrides.
+
+Unknown keys and bad values are rejected here, before anything starts, with
+a message naming the key and what is allowed. Algorithm options are checked
+against the chosen algorithm's own ``Options`` dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = None  # a dataset .arrow file; None: the built-in digits4
+    partition_dir: str | None = None  # an existing partition; None: made from the fields below
+    partitioner: str = "domain_mix"
+    num_clients: int = 20
+    alpha: float = 0.5
+    beta: float = 0.5
+    label_alpha: float | None = None
+    k: int = 2
+    min_samples: int = 10
+    partition_seed: int | None = None  # None: the experiment seed
+    max_train_per_client: int | None = None  # subsample for quick runs
+    max_test_per_client: int | None = None
+
+
+@dataclass
+class BackboneConfig:
+    source: str = "builtin"  # builtin | timm | file
+    name: str | None = None
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("builtin", "timm", "file"):
+            raise ConfigError(f"backbone.source={self.source!r}; allowed: builtin, timm, file")
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 10
+    clients_per_round: int | None = None  # None: all clients every round
+    fraction: float | None = None  # alternative to clients_per_round
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "local_epochs", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"train.fraction must lie in (0, 1], got {self.fraction}")
+        if self.clients_per_round is not None and self.clients_per_round < 1:
+            raise ConfigError(f"train.clients_per_round must be >= 1, got {self.clients_per_round}")
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "pfedbayespt"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}={value!r} must be one of {[a.__name__ for a in args]}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping")
+        return dict(value)
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list")
+        return list(value)
+    return value
+
+
+def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``d``, rejecting unknown keys and wrong types."""
+    d = d or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s) {[where + u for u in unknown]}; allowed under "
+            f"{prefix or 'the top level'}: {names}"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in d:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, d[name], key)
+        else:
+            kwargs[name] = _coerce(d[name], tp, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """``a.b=c`` sets d["a"]["b"] = yaml-parsed "c"."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. train.rounds=5)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value ({e})") from e
+        node = d
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    d: dict = {}
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    d = apply_overrides(d, list(overrides))
+    cfg = from_dict(ExperimentConfig, d)
+    from .algorithms import algorithm_options  # validate the algorithm's own options now
+
+    algorithm_options(cfg.algorithm.name, cfg.algorithm.options)
+    return cfg

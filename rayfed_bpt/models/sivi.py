@@ -1,0 +1,70 @@
+"""The semi-implicit variational bound (SIVI, Yin & Zhou 2018) for prompts.
+
+With ``psi_0..psi_J ~ q_phi(psi | x)`` and ``p = psi_0 + sigma * xi``:
+
+    log h_hat(p | x) = logsumexp_j log N(p; psi_j, sigma^2) - log(J + 1)
+    L = log p(y | x, p) - beta * (log h_hat(p | x) - log p(p))
+
+``psi_0`` (the draw that produced ``p``) must be inside the logsumexp: that
+is what makes ``L`` a lower bound (L_J <= ELBO, rising toward it with J).
+Everything is in log space: with ~10^4 prompt dimensions densities underflow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def log_normal_diag(
+    x: torch.Tensor, mean: torch.Tensor | float, logvar: torch.Tensor | float
+) -> torch.Tensor:
+    """log N(x; mean, diag(exp(logvar))), summed over the last dimension."""
+    logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
+    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def reparameterize(psi0: torch.Tensor, logvar: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """p = psi_0 + sigma * xi, with sigma = exp(logvar / 2)."""
+    return psi0 + torch.exp(0.5 * logvar) * xi
+
+
+def sivi_log_marginal(p: torch.Tensor, psi: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log h_hat(p | x) per example.
+
+    p: (B, P); psi: (J+1, B, P) with psi[0] the draw that produced p;
+    logvar: (B, P) or (P,), shared by all psi_j (what keeps the bound cheap).
+    """
+    log_q = log_normal_diag(p.unsqueeze(0), psi, logvar)  # (J+1, B)
+    return torch.logsumexp(log_q, dim=0) - math.log(psi.shape[0])
+
+
+def sivi_kl(
+    p: torch.Tensor, psi: torch.Tensor, logvar: torch.Tensor, prior_mean: torch.Tensor | float = 0.0
+) -> torch.Tensor:
+    """Single-sample estimate of KL(h(.|x) || p) = log h_hat(p|x) - log N(p; prior_mean, I)."""
+    return sivi_log_marginal(p, psi, logvar) - log_normal_diag(p, prior_mean, 0.0)
+
+
+def sivi_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    p: torch.Tensor,
+    psi: torch.Tensor,
+    logvar: torch.Tensor,
+    beta: float,
+    prior_mean: torch.Tensor | float = 0.0,
+    per_dim: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Negative SIVI bound, averaged over the batch. ``per_dim`` divides the KL
+    estimate by the prompt dimension P, so ``beta`` does not scale with L·D."""
+    nll = F.cross_entropy(logits, y, reduction="none")
+    kl = sivi_kl(p, psi, logvar, prior_mean)
+    if per_dim:
+        kl = kl / p.shape[-1]
+    loss = (nll + beta * kl).mean()
+    return loss, {"nll": nll.mean().item(), "kl": kl.mean().item()}
