@@ -1,0 +1,59 @@
+"""Config: YAML, dotted overrides, and clear errors for unknown keys and bad values."""
+
+import pytest
+
+from rayfed_bpt.config import load_config
+from rayfed_bpt.errors import ConfigError
+
+
+def test_defaults_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 3\ntrain:\n  rounds: 7\n  lr: 1e-3\nalgorithm:\n  name: fedavg_vpt\n")
+    cfg = load_config(f, ["train.rounds=2", "algorithm.options.prompt_len=4", "data.alpha=0.1"])
+    assert cfg.seed == 3 and cfg.train.rounds == 2 and cfg.train.lr == 1e-3
+    assert cfg.algorithm.options == {"prompt_len": 4} and cfg.data.alpha == 0.1
+    assert load_config().algorithm.name == "pfedbayespt"
+
+
+@pytest.mark.parametrize(
+    "overrides, msg",
+    [
+        (["trian.rounds=3"], r"unknown config key\(s\) \['trian'\].*allowed under the top level"),
+        (["train.roundz=3"], r"\['train.roundz'\].*allowed under train.*'rounds'"),
+        (["train.rounds=0"], "train.rounds must be >= 1"),
+        (["train.rounds=two"], "train.rounds='two' must be an integer"),
+        (["train.lr=-1"], "train.lr must be > 0"),
+        (["algorithm.name=fedprox"], "unknown algorithm.name 'fedprox'; allowed: .*pfedbayespt"),
+        (
+            ["algorithm.options.betta=1"],
+            r"unknown config key\(s\) \['algorithm.options \(pfedbayespt\)"
+            r".betta'\].*'beta'",
+        ),
+        (
+            ["algorithm.options.noise=uniform"],
+            "noise='uniform'; allowed: \\['bernoulli', 'gaussian'\\]",
+        ),
+        (["algorithm.options.J=-1"], r"J=-1 must lie in \[0, 1024\]"),
+        (["backbone.source=hub"], "backbone.source='hub'; allowed"),
+        (["rounds"], "is not KEY=VALUE"),
+    ],
+)
+def test_bad_config_is_rejected_with_the_key(overrides, msg):
+    with pytest.raises(ConfigError, match=msg):
+        cfg = load_config(None, overrides)
+        # option ranges are checked when the algorithm is built
+        from rayfed_bpt.algorithms import create_algorithm
+        from rayfed_bpt.models import PromptedViT, create_backbone
+
+        create_algorithm(
+            cfg.algorithm.name, PromptedViT(create_backbone()), 10, cfg.train, cfg.algorithm.options
+        )
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
