@@ -70,6 +70,49 @@ class TrainConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How the run maps onto Ray: actors, resources, timeouts, output."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else a local Ray
+    num_actors: int | None = None  # None: as many as the resources allow
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float | None = None  # None: 0.25 on a cluster with GPUs, else 0
+    gpu_memory_fraction: float | None = None  # None: = gpus_per_actor (a real cap)
+    placement_strategy: str = "SPREAD"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    round_timeout_s: float = 1800.0
+    max_actor_restarts: int = 3
+    output_dir: str = "rayfed_runs"
+    run_name: str | None = None
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+        if self.placement_strategy not in strategies:
+            raise ConfigError(f"runtime.placement_strategy={self.placement_strategy!r}; "
+                              f"allowed: {list(strategies)}")
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ConfigError(f"runtime.num_actors must be >= 1, got {self.num_actors}")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"runtime.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+        if self.gpus_per_actor is not None and not 0 <= self.gpus_per_actor <= 8:
+            raise ConfigError(f"runtime.gpus_per_actor must lie in [0, 8], got "
+                              f"{self.gpus_per_actor}")
+        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
+            raise ConfigError(f"runtime.gpu_memory_fraction must lie in (0, 1], got "
+                              f"{self.gpu_memory_fraction}")
+        if self.round_timeout_s <= 0 or self.max_actor_restarts < 0 or self.checkpoint_every < 1:
+            raise ConfigError("runtime.round_timeout_s must be > 0, max_actor_restarts >= 0, "
+                              "checkpoint_every >= 1")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite under output_dir
+    experiment: str = "rayfed_bpt"
+
+
+@dataclass
 class AlgorithmConfig:
     name: str = "pfedbayespt"
     options: dict = field(default_factory=dict)
@@ -82,6 +125,8 @@ class ExperimentConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

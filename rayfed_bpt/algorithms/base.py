@@ -71,7 +71,10 @@ class ClientData:
 
     def x(self, split: str, idx, backbone: PromptedViT) -> torch.Tensor:
         """Normalized float images for ``idx`` (made per batch: the uint8 view stays shared)."""
-        return normalize(self.images[split][np.asarray(idx)], backbone.vit)
+        return normalize(self.images[split][np.asarray(idx)], backbone.vit).to(backbone.device)
+
+    def y(self, split: str, idx) -> torch.Tensor:
+        return self.labels[split][idx]
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Algorithm:
         self.seed = seed
         self.num_clients = num_clients
         self._init: State | None = None
+        self.device = backbone.device
 
     # ----- state ---------------------------------------------------------------------------
     def build_module(self) -> nn.Module:
@@ -152,10 +156,10 @@ class Algorithm:
     def load(self, global_state: State, personal: State) -> nn.Module:
         module = self.build_module()
         module.load_state_dict({**global_state, **personal}, strict=True)
-        return module
+        return module.to(self.device)
 
     def split(self, module: nn.Module) -> tuple[State, State]:
-        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         shared = {k: v for k, v in state.items() if not self.is_personal(k)}
         personal = {k: v for k, v in state.items() if self.is_personal(k)}
         return shared, personal
@@ -174,7 +178,7 @@ class Algorithm:
                     ]
                 )
                 if len(idx)
-                else torch.zeros(0, self.backbone.embed_dim)
+                else torch.zeros(0, self.backbone.embed_dim, device=self.device)
             )
         return data.cache[key]
 
@@ -266,9 +270,12 @@ class Algorithm:
     ) -> torch.Tensor:
         module = self.load(global_state, personal)
         module.eval()
-        return self.predict(
-            module, data, split, make_generator(self.seed, "eval", round, data.client_id)
-        )
+        gen = make_generator(self.seed, "eval", round, data.client_id)
+        return self.predict(module, data, split, gen).cpu()
+
+    def randn(self, shape, gen: torch.Generator) -> torch.Tensor:
+        """Gaussian noise drawn on the CPU from ``gen`` (same numbers on any device)."""
+        return torch.randn(shape, generator=gen).to(self.device)
 
 
 @contextmanager

@@ -66,3 +66,9 @@ def summarize(
     for name, c, t in zip(domain_names, dc, dt):
         out[f"domain_acc/{name}"] = float(c / t) if t else math.nan
     return out
+
+
+def train_loss(results) -> float:
+    """Sample-weighted mean of the clients' local training loss."""
+    n = sum(r.num_samples for r in results)
+    return sum(r.metrics.get("loss", 0.0) * r.num_samples for r in results) / max(1, n)

@@ -23,7 +23,7 @@ class FedAvgLinear(Algorithm):
 
     def loss(self, module, data: ClientData, idx, gen, round):
         feats = self.features(data, "train")[idx]
-        return F.cross_entropy(module.head(feats), data.labels["train"][idx]), {}
+        return F.cross_entropy(module.head(feats), data.y("train", idx).to(feats.device)), {}
 
     @torch.no_grad()
     def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:

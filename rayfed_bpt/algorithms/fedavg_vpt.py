@@ -47,7 +47,7 @@ class FedAvgVPT(Algorithm):
 
     def loss(self, module, data: ClientData, idx, gen, round):
         x = data.x("train", idx, self.backbone)
-        return F.cross_entropy(self.logits(module, x), data.labels["train"][idx]), {}
+        return F.cross_entropy(self.logits(module, x), data.y("train", idx).to(x.device)), {}
 
     @torch.no_grad()
     def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:

@@ -123,13 +123,13 @@ class PFedBayesPT(Algorithm):
         eps = module.generator.sample_noise((o.J + 1, B), gen)
         psi = module.generator(e, eps)  # (J+1, B, P); psi[0] makes p
         logvar = module.sigma(e)  # (B, P), shared by every psi_j
-        xi = torch.randn(psi.shape[1:], generator=gen)
+        xi = self.randn(psi.shape[1:], gen)
         p = reparameterize(psi[0], logvar, xi)
         logits = module.head(self.backbone(x, p.view(B, *self.prompt_shape)))
         prior_mean = getattr(module, "prior_mean", 0.0)
         return sivi_loss(
             logits,
-            data.labels["train"][idx],
+            data.y("train", idx).to(x.device),
             p,
             psi,
             logvar,
@@ -152,7 +152,7 @@ class PFedBayesPT(Algorithm):
                 prompts = module.generator(e, module.generator.mean_noise((1, B)))
             else:
                 psi = module.generator(e, module.generator.sample_noise((o.eval_samples, B), gen))
-                xi = torch.randn(psi.shape, generator=gen)
+                xi = self.randn(psi.shape, gen)
                 prompts = reparameterize(psi, module.sigma(e), xi)
             probs = torch.stack(
                 [

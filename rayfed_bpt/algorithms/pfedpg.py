@@ -106,9 +106,9 @@ class PFedPG(FedAvgVPT):
         params = [module.descriptors, *module.generator.parameters()]
         opt = torch.optim.Adam(params, lr=self.opts.server_lr)
         total = sum(r.num_samples for r in results)
-        ids = torch.tensor([r.client_id for r in results])
-        targets = torch.stack([r.update["prompt"].flatten() for r in results])
-        weights = torch.tensor([r.num_samples / total for r in results])
+        ids = torch.tensor([r.client_id for r in results], device=self.device)
+        targets = torch.stack([r.update["prompt"].flatten() for r in results]).to(self.device)
+        weights = torch.tensor([r.num_samples / total for r in results], device=self.device)
         for _ in range(self.opts.server_steps):
             generated = module.generator(module.descriptors[ids])
             loss = (weights * ((generated - targets) ** 2).mean(-1)).sum()

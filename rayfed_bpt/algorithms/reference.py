@@ -19,7 +19,7 @@ from ..config import ExperimentConfig, load_config
 from ..data import PartitionReader
 from ..errors import RayfedError
 from .base import ClientTask
-from .evaluation import client_eval, summarize
+from .evaluation import client_eval, summarize, train_loss
 from .experiment import (
     load_backbone,
     load_clients,
@@ -49,9 +49,7 @@ def run_reference(
         for res in results:
             personal[res.client_id] = res.personal
         global_state = alg.aggregate(global_state, results, r)
-        train_loss = sum(res.metrics.get("loss", 0.0) * res.num_samples for res in results) / max(
-            1, sum(res.num_samples for res in results)
-        )
+        loss = train_loss(results)
         if (r + 1) % cfg.train.eval_every == 0 or r + 1 == cfg.train.rounds:
             evals = [
                 client_eval(alg, global_state, personal[k], clients[k], r, reader.info.num_domains)
@@ -59,14 +57,14 @@ def run_reference(
             ]
             m = {
                 "round": r + 1,
-                "train_loss": train_loss,
+                "train_loss": loss,
                 **summarize(evals, reader.info.domain_names, alg.has_global_model),
                 "round_seconds": time.perf_counter() - t0,
             }
             history.append(m)
             if log:
                 log(
-                    f"round {r + 1:3d}/{cfg.train.rounds}  loss {train_loss:.3f}  "
+                    f"round {r + 1:3d}/{cfg.train.rounds}  loss {loss:.3f}  "
                     f"acc mean {m['acc_mean']:.3f} std {m['acc_std']:.3f} min {m['acc_min']:.3f}"
                     f"  ({m['round_seconds']:.1f}s)"
                 )

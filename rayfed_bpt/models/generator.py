@@ -44,14 +44,18 @@ class ImplicitPromptGenerator(nn.Module):
         self, shape: tuple[int, ...], generator: torch.Generator | None, device=None
     ) -> torch.Tensor:
         shape = (*shape, self.d_eps)
-        if self.noise == "bernoulli":
-            return torch.randint(0, 2, shape, generator=generator, device=device).float()
-        return torch.randn(shape, generator=generator, device=device) * self.noise_scale
+        if self.noise == "bernoulli":  # drawn on the CPU: same numbers on any device
+            eps = torch.randint(0, 2, shape, generator=generator).float()
+        else:
+            eps = torch.randn(shape, generator=generator) * self.noise_scale
+        return eps.to(device if device is not None else self.net[0].weight.device)
 
     def mean_noise(self, shape: tuple[int, ...], device=None) -> torch.Tensor:
         """eps at its mean: 0.5 (Bernoulli) or 0 (Gaussian); used for the mean prompt."""
         return torch.full(
-            (*shape, self.d_eps), 0.5 if self.noise == "bernoulli" else 0.0, device=device
+            (*shape, self.d_eps),
+            0.5 if self.noise == "bernoulli" else 0.0,
+            device=device if device is not None else self.net[0].weight.device,
         )
 
     def forward(self, feat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,10 @@ class PromptedViT(nn.Module):
         self.depth = len(vit.blocks)
         self.num_prefix = vit.num_prefix_tokens
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.vit.parameters()).device
+
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch + position embedding: the prompt-free input of block 0."""
         vit = self.vit
