@@ -49,13 +49,13 @@ class BackboneConfig:
 @dataclass
 class TrainConfig:
     rounds: int = 10
-    clients_per_round: int | None = None  # None: all clients every round
-    fraction: float | None = None  # alternative to clients_per_round
+    clients_per_round: int | None = None  # None: use fraction (None too: every client)
+    fraction: float | None = 0.25  # share of clients sampled per round
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-2
     weight_decay: float = 0.0
-    eval_every: int = 1
+    eval_every: int = 2
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "batch_size", "eval_every"):

@@ -64,9 +64,19 @@ def _unwrap(e: RayTaskError) -> Exception:
     return RayfedError(f"the run failed: {cause!r}" if cause else str(e))
 
 
+def _describe(m: dict) -> str:
+    parts = [f"loss {m['train_loss']:.3f}"] if "train_loss" in m else []
+    if "acc_mean" in m:
+        parts.append(f"acc mean {m['acc_mean']:.3f} min {m['acc_min']:.3f}")
+    return "  ".join(parts)
+
+
 def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
-                   show_progress: bool = True, log=print) -> dict:
-    """Run ``cfg`` on Ray (a new run, or continue ``resume_dir``); return the summary."""
+                   show_progress: bool | str = True, log=print) -> dict:
+    """Run ``cfg`` on Ray (a new run, or continue ``resume_dir``); return the summary.
+
+    ``show_progress``: True (a bar), "lines" (a line per round: for job logs), False.
+    """
     run_dir = Path(resume_dir).resolve() if resume_dir else new_run_dir(cfg)
     partition_dir = resolve_partition(cfg.data, cfg.seed)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.runtime.output_dir) \
@@ -77,7 +87,7 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
         cfg.to_dict(), str(partition_dir), str(run_dir), uri, resume=resume_dir is not None)
     done = driver.run.remote()
     bar = None
-    if show_progress:
+    if show_progress is True:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.train.rounds, unit="round", desc=cfg.algorithm.name,
@@ -101,6 +111,9 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
                 if "train_loss" in m:
                     post["loss"] = f"{m['train_loss']:.3f}"
                 bar.set_postfix(post)
+            if show_progress == "lines" and p is not None and p["round"] > shown:
+                shown = p["round"]
+                print(f"round {shown}/{cfg.train.rounds}  {_describe(p['metrics'])}", flush=True)
             if ready:
                 break
         summary = ray.get(done)

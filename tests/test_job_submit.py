@@ -1,0 +1,69 @@
+"""`ray job submit` against a real head started with `ray start --head`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rayfed_bpt.data import PartitionConfig, write_partition
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    if shutil.which(RAY) is None:
+        pytest.skip("the ray command is not installed")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    gcs, dash = free_port(), free_port()
+    subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_job_submit_runs_and_logs_to_mlflow(ray_head, digits4, tmp_path):
+    address, env = ray_head
+    part = write_partition(digits4, PartitionConfig("domain_mix", num_clients=3, seed=0),
+                           tmp_path / "shared" / "part3")  # shards outside the working dir
+    out = tmp_path / "runs"
+    cmd = [RAY, "job", "submit", f"--address={address}", f"--working-dir={REPO}",
+           "--submission-id=rayfed-test-job",
+           "--runtime-env-json", json.dumps({"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}),
+           "--", "rayfed-bpt", "run", "--no-progress", "--set",
+           f"data.partition_dir={part}", "data.max_train_per_client=48",
+           "data.max_test_per_client=30", "train.rounds=2", "algorithm.name=fedavg_vpt",
+           "algorithm.options.prompt_len=2", f"runtime.output_dir={out}",
+           "runtime.run_name=job1"]
+    t = time.time()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "succeeded" in (r.stdout + r.stderr)
+    assert time.time() - t < 600
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "rayfed_bpt"]
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "job1"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc_mean")] == [1, 2]
+    assert (out / "job1" / "checkpoint.pt").exists()
