@@ -55,7 +55,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-2
     weight_decay: float = 0.0
-    eval_every: int = 2
+    eval_every: int = 5
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "batch_size", "eval_every"):

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,14 +32,16 @@ def ray_head(tmp_path):
         pytest.skip("the ray command is not installed")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     gcs, dash = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Unix socket paths must stay short
     subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                    f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
+                    f"--temp-dir={temp}", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=180)
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_job_submit_runs_and_logs_to_mlflow(ray_head, digits4, tmp_path):
@@ -51,7 +54,8 @@ def test_job_submit_runs_and_logs_to_mlflow(ray_head, digits4, tmp_path):
            "--runtime-env-json", json.dumps({"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}),
            "--", "rayfed-bpt", "run", "--no-progress", "--set",
            f"data.partition_dir={part}", "data.max_train_per_client=48",
-           "data.max_test_per_client=30", "train.rounds=2", "algorithm.name=fedavg_vpt",
+           "data.max_test_per_client=30", "train.rounds=2", "train.eval_every=1",
+           "algorithm.name=fedavg_vpt",
            "algorithm.options.prompt_len=2", f"runtime.output_dir={out}",
            "runtime.run_name=job1"]
     t = time.time()

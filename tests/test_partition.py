@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rayfed_bpt.data.partition import PartitionConfig, largest_remainder, partition_indices
+from rayfed_bpt.data.partition import PartitionConfig, partition_indices, systematic_round
 from rayfed_bpt.errors import ConfigError, DataError
 
 C, D = 10, 4
@@ -88,6 +88,15 @@ def test_domain_mix_with_label_alpha_skews_labels():
     assert label_skew(0.1) > label_skew(None) + 0.2
 
 
+def test_every_client_gets_test_examples_even_when_tiny():
+    labels, domains, is_train = synthetic(n=6000)
+    cfg = PartitionConfig("domain_mix", num_clients=400, min_samples=5)
+    part = partition_indices(cfg, labels, domains, is_train, C, D)
+    assert min(len(t) for t in part.test) >= 1
+    test = np.concatenate(part.test)
+    assert len(np.unique(test)) == len(test) and not is_train[test].any()
+
+
 def test_test_split_follows_client_mix():
     _, part, (labels, domains, _) = run(
         partitioner="domain_mix", num_clients=6, beta=0.3, label_alpha=0.5
@@ -107,14 +116,17 @@ def test_same_seed_same_partition_other_seed_differs():
     assert not all(np.array_equal(x, y) for x, y in zip(a.train, c.train))
 
 
-def test_largest_remainder_matches_brute_force():
+def test_systematic_round_is_exact_in_sum_and_unbiased():
     rng = np.random.default_rng(0)
     for _ in range(50):
         p = rng.dirichlet(np.ones(7))
         n = int(rng.integers(0, 100))
-        counts = largest_remainder(p, n)
+        counts = systematic_round(p, n, rng)
         assert counts.sum() == n
         assert np.all(np.abs(counts - p * n) < 1)
+    p = np.array([0.05, 0.05, 0.9])  # small shares are not always rounded away
+    mean = np.mean([systematic_round(p, 3, rng) for _ in range(20000)], axis=0)
+    assert np.allclose(mean, p * 3, atol=0.02)
 
 
 def test_min_samples_unreachable_is_a_clear_error_not_a_loop():

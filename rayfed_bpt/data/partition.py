@@ -3,7 +3,7 @@
 Every partitioner is one weight matrix ``W`` (clients x cells) over *cells* of
 examples (a cell is a label, a domain, or a (domain, label) pair). Each cell's
 examples are shuffled and dealt to clients in proportion to its column of
-``W`` (largest-remainder rounding). The test split is dealt by the same rule,
+``W`` (unbiased systematic rounding). The test split is dealt by the same rule,
 with ``W`` = each client's train counts per (domain, label) cell, so a
 client's test part follows its own label and domain mix.
 
@@ -118,19 +118,47 @@ def deal(cells: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> np
         total = weights[:, c].sum()
         if len(idx) == 0 or total <= 0:
             continue
-        counts = largest_remainder(weights[:, c] / total, len(idx))
+        counts = systematic_round(weights[:, c] / total, len(idx), rng)
         owner[rng.permutation(idx)] = np.repeat(np.arange(num_clients), counts)
     return owner
 
 
-def largest_remainder(p: np.ndarray, n: int) -> np.ndarray:
-    """Integer counts summing to ``n``, as close as possible to ``n * p``."""
+def systematic_round(p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts summing to ``n``, each within 1 of ``n * p`` and equal to it in
+    expectation (systematic sampling of the fractional parts from one random offset).
+
+    Unbiased matters: a deterministic rule (largest remainder) applied cell by cell
+    always rounds the same small clients down, and many small cells starve them.
+    """
     exact = p * n
     counts = np.floor(exact).astype(np.int64)
-    short = n - counts.sum()
+    frac = exact - counts
+    short = int(round(n - counts.sum()))
     if short > 0:
-        counts[np.argsort(-(exact - counts), kind="stable")[:short]] += 1
+        edges = np.cumsum(frac)
+        picks = rng.uniform() + np.arange(short)
+        counts[np.searchsorted(edges, picks, side="right").clip(max=len(p) - 1)] += 1
     return counts
+
+
+def _give_every_client_a_test_example(owner: np.ndarray, cells: np.ndarray,
+                                      train_counts: np.ndarray) -> None:
+    """A small client can get no test example by rounding; move it one, from the
+    cell it trains on most, from the client there with the most test examples (in place)."""
+    K = train_counts.shape[0]
+    counts = np.bincount(owner[owner >= 0], minlength=K)
+    for k in np.flatnonzero(counts == 0):
+        for c in np.argsort(-train_counts[k], kind="stable"):
+            if train_counts[k, c] == 0:
+                break
+            in_cell = np.flatnonzero(cells == c)
+            held = np.bincount(owner[in_cell][owner[in_cell] >= 0], minlength=K)
+            donor = int(np.argmax(np.where(held > 0, counts, -1)))
+            if held[donor] > 0 and counts[donor] > 1:
+                owner[in_cell[owner[in_cell] == donor][-1]] = k
+                counts[donor] -= 1
+                counts[k] += 1
+                break
 
 
 def _weights(cfg: PartitionConfig, labels, domains, num_classes, num_domains, rng):
@@ -222,6 +250,7 @@ def partition_indices(
     assigned = owner >= 0
     np.add.at(train_counts, (owner[assigned], joint[train_idx][assigned]), 1)
     test_owner = deal(joint[test_idx], train_counts, rng)
+    _give_every_client_a_test_example(test_owner, joint[test_idx], train_counts)
 
     def group(idx: np.ndarray, own: np.ndarray) -> list[np.ndarray]:
         keep = own >= 0

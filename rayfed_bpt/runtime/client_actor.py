@@ -19,6 +19,11 @@ from ..config import ExperimentConfig, from_dict
 from ..data import PartitionReader
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class ClientActor:
     def __init__(self, cfg: dict, partition_dir: str, client_ids: list[int], index: int,
                  threads: int, gpu_memory_fraction: float | None):
@@ -31,17 +36,31 @@ class ClientActor:
         if cuda and gpu_memory_fraction:
             # Ray's fractional GPUs only schedule; this caps what torch may allocate.
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
+        self.rss_before_clients = _rss()
         reader = PartitionReader(partition_dir)
         self.num_domains = reader.info.num_domains
         self.alg = make_algorithm(self.cfg, load_backbone(self.cfg).to(self.device), reader)
         self.clients = load_clients(reader, client_ids, self.cfg)
         self.personal: dict[int, State] = {k: self.alg.init_personal(k) for k in client_ids}
+        self.rss_after_clients = _rss()
 
     def info(self) -> dict:
         node = ray.get_runtime_context().get_node_id()
         return {"index": self.index, "pid": os.getpid(), "node_id": node,
                 "gpu_ids": self.gpu_ids, "device": str(self.device),
                 "threads": torch.get_num_threads(), "clients": sorted(self.clients)}
+
+    def memory(self) -> dict:
+        """What hosting the clients costs: process RSS, and per client the bytes of
+        its tensors (labels, cached features, personal state) beyond the mapped data."""
+        per_client = []
+        for k, d in self.clients.items():
+            tensors = [*d.labels.values(), *d.cache.values(), *self.personal[k].values()]
+            per_client.append(sum(t.numel() * t.element_size() for t in tensors))
+        return {"rss": _rss(), "rss_before_clients": self.rss_before_clients,
+                "rss_after_clients": self.rss_after_clients,
+                "num_clients": len(self.clients), "client_bytes_max": max(per_client),
+                "client_bytes_mean": sum(per_client) / len(per_client)}
 
     def set_personal(self, states: dict[int, State]) -> None:
         """Restore personal state (after a restart, or on resume)."""

@@ -195,7 +195,10 @@ class Driver:
             history, start, run_id = ckpt["history"], ckpt["round"], ckpt.get("mlflow_run_id")
             torch.set_rng_state(ckpt["torch_rng"])
         self._set_progress(status="starting actors", round=start)
+        t_actors = time.perf_counter()
         self._start_actors(reader.num_clients)
+        actors_seconds = time.perf_counter() - t_actors
+        actors_ready_at = time.time()
         if ckpt is not None:
             ray.get([a.set_personal.remote({k: self.personal[k] for k in ids})
                      for a, ids in zip(self.actors, self.actor_clients)],
@@ -208,6 +211,7 @@ class Driver:
             run_id = self.tracker.start(self.run_dir.name, self.cfg_dict, run_id)
         owner = {k: i for i, ids in enumerate(self.actor_clients) for k in ids}
         last_evals = []
+        round_seconds = []
         for r in range(start, cfg.train.rounds):
             t0 = time.perf_counter()
             self._set_progress(status="training", round=r)
@@ -233,6 +237,7 @@ class Driver:
                                     key=lambda e: e.client_id)
                 m.update(summarize(last_evals, info.domain_names, self.alg.has_global_model))
             m["round_seconds"] = time.perf_counter() - t0
+            round_seconds.append(m["round_seconds"])
             m["comm_bytes_down"] = float(down)
             m["comm_bytes_up"] = float(sum(state_bytes(x.update) for x in results))
             if "acc_mean" in m:
@@ -245,13 +250,17 @@ class Driver:
                     "history": history, "torch_rng": torch.get_rng_state(),
                     "mlflow_run_id": run_id, "config": self.cfg_dict})
             self._set_progress(round=r + 1, metrics=m, status="running")
+        memory = ray.get([a.memory.remote() for a in self.actors], timeout=600)
         if last_evals or history:
             self._write_artifacts(history, last_evals, reader)
         if self.tracker:
             self.tracker.finish("FINISHED")
         self._set_progress(status="finished")
         return {"history": history, "run_dir": str(self.run_dir), "mlflow_run_id": run_id,
-                "tracking_uri": self.tracking_uri, "actors": self.actor_infos}
+                "tracking_uri": self.tracking_uri, "actors": self.actor_infos,
+                "actor_memory": memory, "actors_start_seconds": actors_seconds,
+                "actors_ready_at": actors_ready_at,
+                "round_seconds": round_seconds}
 
     def _write_artifacts(self, history, evals, reader) -> None:
         from ..reporting import plot_domains, plot_history, write_client_csv, write_config

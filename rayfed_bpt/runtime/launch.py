@@ -77,6 +77,7 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
 
     ``show_progress``: True (a bar), "lines" (a line per round: for job logs), False.
     """
+    started_at = time.time()
     run_dir = Path(resume_dir).resolve() if resume_dir else new_run_dir(cfg)
     partition_dir = resolve_partition(cfg.data, cfg.seed)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.runtime.output_dir) \
@@ -123,6 +124,8 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
         if bar is not None:
             bar.close()
     summary["wall_seconds"] = time.perf_counter() - t0
+    # data, Ray, the driver and every client actor ready: what a user waits before round 1
+    summary["startup_seconds"] = summary["actors_ready_at"] - started_at
     if log:
         last = summary["history"][-1] if summary["history"] else {}
         if last:

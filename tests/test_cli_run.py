@@ -1,0 +1,31 @@
+"""`rayfed-bpt run`: help, and bad configs rejected before Ray starts."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "rayfed_bpt.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_run_help():
+    r = cli("run", "--help")
+    assert r.returncode == 0 and "--resume" in r.stdout and "--set" in r.stdout
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--set", "train.roundz=3"], "unknown config key(s) ['train.roundz']"),
+    (["--set", "algorithm.name=fedprox"], "unknown algorithm.name 'fedprox'"),
+    (["--set", "runtime.placement_strategy=RANDOM"], "allowed: ['PACK', 'SPREAD'"),
+    (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
+])
+def test_bad_config_fails_fast_before_ray(args, msg):
+    t = time.time()
+    r = cli("run", *args)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+    assert "Started a local Ray" not in r.stderr
+    assert time.time() - t < 60
