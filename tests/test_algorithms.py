@@ -42,7 +42,8 @@ def small_cfg(part4, name="pfedbayespt", rounds=3, **train):
                 "max_train_per_client": 96,
                 "max_test_per_client": 60,
             },
-            "train": {"rounds": rounds, "batch_size": 32, **train},
+            "train": {"rounds": rounds, "batch_size": 32, "fraction": 1.0, "eval_every": 1,
+                  **train},
             "algorithm": {
                 "name": name,
                 "options": {"prompt_len": 4} if name != "fedavg_linear" else {},
@@ -140,7 +141,7 @@ def test_client_sampling_is_seeded():
     rounds = {tuple(sample_clients(10, t, 0, r)) for r in range(10)}
     assert len(rounds) > 1
     assert sample_clients(10, TrainConfig(fraction=0.25), 0, 0).__len__() == 3
-    assert sample_clients(4, TrainConfig(), 0, 0) == [0, 1, 2, 3]
+    assert sample_clients(4, TrainConfig(fraction=None), 0, 0) == [0, 1, 2, 3]
 
 
 def test_same_config_and_seed_same_metrics(part4):
