@@ -33,6 +33,7 @@ class ClientActor:
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         cuda = bool(self.gpu_ids) and torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
+        self.gpu_memory_fraction = gpu_memory_fraction if cuda else None
         if cuda and gpu_memory_fraction:
             # Ray's fractional GPUs only schedule; this caps what torch may allocate.
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
@@ -57,7 +58,12 @@ class ClientActor:
         for k, d in self.clients.items():
             tensors = [*d.labels.values(), *d.cache.values(), *self.personal[k].values()]
             per_client.append(sum(t.numel() * t.element_size() for t in tensors))
-        return {"rss": _rss(), "rss_before_clients": self.rss_before_clients,
+        cuda = {}
+        if self.device.type == "cuda":
+            cuda = {"cuda_max_allocated": torch.cuda.max_memory_allocated(),
+                    "cuda_total": torch.cuda.get_device_properties(self.device).total_memory,
+                    "cuda_memory_fraction": self.gpu_memory_fraction}
+        return {**cuda, "rss": _rss(), "rss_before_clients": self.rss_before_clients,
                 "rss_after_clients": self.rss_after_clients,
                 "num_clients": len(self.clients), "client_bytes_max": max(per_client),
                 "client_bytes_mean": sum(per_client) / len(per_client)}
