@@ -145,6 +145,31 @@ def cmd_run(args: argparse.Namespace) -> None:
                    show_progress="lines" if args.no_progress else True)
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from .tune import load_space, run_sweep
+
+    if not args.resume:
+        if not args.space:
+            raise ConfigError("give --space FILE (see tune_spaces/) or --resume SWEEP_DIR")
+        load_space(args.space, args.set or [])  # rejects a bad space before Ray starts
+    s = run_sweep(args.space, args.set or [], address=args.address, resume_dir=args.resume,
+                  output_dir=args.output_dir)
+    print(f"{s['num_trials']} trials ({s['num_stopped_early']} stopped early) in "
+          f"{s['wall_seconds']:.0f}s; best {s['best_metric']:.4f} by trial {s['best_trial']}: "
+          f"{s['best_point']}")
+    print(f"best config: {s['best_config_path']}  (rayfed-bpt run --config "
+          f"{s['best_config_path']})")
+    print(f"sweep folder: {s['sweep_dir']}")
+    if s["tracking_uri"]:
+        from .tracking import ui_command
+
+        print(f"MLflow parent run {s['parent_run_id']} in {s['tracking_uri']}\n"
+              f"  browse it: {ui_command(s['tracking_uri'])}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rayfed-bpt",
@@ -167,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true",
                      help="a plain line per round instead of a progress bar (for logs)")
     run.set_defaults(func=cmd_run)
+
+    tu = sub.add_parser(
+        "tune", help="sweep hyper-parameters with Ray Tune (a trial = one federated run)",
+        description="Sweep hyper-parameters with Ray Tune. Each trial is a whole federated "
+        "run in its own placement group; ASHA uses the round as its time axis. Writes the "
+        "best config as YAML for `rayfed-bpt run --config`, a results table and PNGs, and "
+        "logs a parent MLflow run with one child run per trial.")
+    tu.add_argument("--space", help="search-space YAML (see tune_spaces/)")
+    tu.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                    help="dotted overrides of the space's base, e.g. train.rounds=10")
+    tu.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    tu.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    tu.add_argument("--output-dir", help="where sweeps and the MLflow store go "
+                    "(default: runtime.output_dir, ./rayfed_runs)")
+    tu.set_defaults(func=cmd_tune)
 
     data = sub.add_parser(
         "data",

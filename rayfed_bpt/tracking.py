@@ -72,13 +72,16 @@ class Tracker:
                               "tracking.tracking_uri / MLFLOW_TRACKING_URI.") from e
         self.run_id: str | None = None
 
-    def start(self, run_name: str, params: dict, run_id: str | None = None) -> str:
+    def start(self, run_name: str, params: dict, run_id: str | None = None,
+              parent_run_id: str | None = None) -> str:
         if run_id:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={"mlflow.source.name": "rayfed-bpt"})
+        tags = {"mlflow.source.name": "rayfed-bpt"}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id  # shown nested in the MLflow UI
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         items = list(flatten(params).items())
         from mlflow.entities import Param

@@ -45,7 +45,8 @@ def state_bytes(state: State) -> int:
 
 class Driver:
     def __init__(self, cfg: dict, partition_dir: str, run_dir: str, tracking_uri: str | None,
-                 resume: bool = False, placement_group=None, bundle_offset: int = 0):
+                 resume: bool = False, placement_group=None, bundle_offset: int = 0,
+                 parent_run_id: str | None = None, paced: bool = False):
         self.cfg_dict = cfg
         self.cfg = from_dict(ExperimentConfig, cfg)
         self.partition_dir = partition_dir
@@ -62,6 +63,13 @@ class Driver:
         self.actor_clients: list[list[int]] = []
         self.actor_infos: list[dict] = []
         self.tracker = None
+        self.parent_run_id = parent_run_id
+        self.rounds_log: list[dict] = []  # every round's metrics, for Tune's reports
+        # paced: wait for proceed() after each round, so a scheduler's decision to stop
+        # the trial lands before the next round starts, not after the run is over
+        self.paced = paced
+        self._go = threading.Semaphore(0)
+        self.run_id: str | None = None
 
     # ----- progress, for the entry point's bar (a second thread of this actor) ------------
     def progress(self) -> dict:
@@ -75,6 +83,18 @@ class Driver:
     def actor_info(self) -> list[dict]:
         return list(self.actor_infos)
 
+    def proceed(self) -> None:
+        """Paced runs: let the next round start."""
+        self._go.release()
+
+    def mlflow_run_id(self) -> str | None:
+        return self.run_id
+
+    def round_metrics(self, since: int = 0) -> list[dict]:
+        """The metrics of every round after the first ``since`` (none are missed)."""
+        with self._lock:
+            return [dict(m) for m in self.rounds_log[since:]]
+
     # ----- actors -------------------------------------------------------------------------
     def _new_actor(self, i: int):
         opts = actor_options(self.plan, self.pg, self.bundle_offset + i,
@@ -85,9 +105,9 @@ class Driver:
 
     def _start_actors(self, num_clients: int) -> None:
         resources = ray.cluster_resources()
-        if self.pg is not None:  # a trial's reserved bundles (Tune)
-            resources = {"CPU": self.cfg.runtime.cpus_per_actor * (self.cfg.runtime.num_actors
-                                                                   or 1)}
+        if self.pg is not None:  # a trial's reserved bundles (Tune): plan within them
+            bundles = self.pg.bundle_specs[self.bundle_offset:]
+            resources = {r: sum(b.get(r, 0) for b in bundles) for r in ("CPU", "GPU")}
         self.plan = plan_actors(self.cfg.runtime, num_clients, resources)
         if self.own_pg:
             self.pg = make_placement_group(self.plan, self.cfg.runtime.placement_strategy,
@@ -208,7 +228,9 @@ class Driver:
 
             self.tracker = Tracker(self.tracking_uri, cfg.tracking.experiment,
                                    Path(cfg.runtime.output_dir).resolve() / "mlartifacts")
-            run_id = self.tracker.start(self.run_dir.name, self.cfg_dict, run_id)
+            run_id = self.tracker.start(self.run_dir.name, self.cfg_dict, run_id,
+                                        parent_run_id=self.parent_run_id)
+            self.run_id = run_id
         owner = {k: i for i, ids in enumerate(self.actor_clients) for k in ids}
         last_evals = []
         round_seconds = []
@@ -250,6 +272,12 @@ class Driver:
                     "history": history, "torch_rng": torch.get_rng_state(),
                     "mlflow_run_id": run_id, "config": self.cfg_dict})
             self._set_progress(round=r + 1, metrics=m, status="running")
+            with self._lock:
+                self.rounds_log.append(dict(m))
+            if self.paced and r + 1 < cfg.train.rounds and not self._go.acquire(
+                    timeout=cfg.runtime.round_timeout_s):
+                raise RayfedError(f"round {r + 1}: nobody asked for the next round within "
+                                  f"{cfg.runtime.round_timeout_s:.0f}s (paced run)")
         memory = ray.get([a.memory.remote() for a in self.actors], timeout=600)
         if last_evals or history:
             self._write_artifacts(history, last_evals, reader)
