@@ -170,6 +170,24 @@ def cmd_tune(args: argparse.Namespace) -> None:
               f"  browse it: {ui_command(s['tracking_uri'])}")
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .runtime.probe import probe
+
+    cfg = load_config(args.config, args.set or [])
+    r = probe(cfg, device=args.device)
+    print(f"one client actor ({cfg.algorithm.name}, batch {cfg.train.batch_size}, client "
+          f"{r['client']} with {r['num_train']} examples) on {r['device']}: process memory "
+          f"{r['rss_bytes'] / 2**30:.2f} GiB, one local update + evaluation "
+          f"{r['local_update_and_eval_seconds']:.1f}s")
+    if "cuda_peak_bytes" in r:
+        print(f"peak CUDA memory {r['cuda_peak_bytes'] / 2**20:.0f} MiB of "
+              f"{r['cuda_total_bytes'] / 2**30:.1f} GiB: {r['actors_per_gpu']} client actors "
+              f"fit per GPU -> set runtime.gpus_per_actor={r['gpus_per_actor']}")
+    else:
+        print("no GPU here: run `rayfed-bpt probe` on a GPU node to size runtime.gpus_per_actor")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rayfed-bpt",
@@ -207,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--output-dir", help="where sweeps and the MLflow store go "
                     "(default: runtime.output_dir, ./rayfed_runs)")
     tu.set_defaults(func=cmd_tune)
+
+    pb_ = sub.add_parser(
+        "probe", help="measure one client actor's memory: how many fit per GPU",
+        description="Measure one client actor's footprint for a config (backbone, algorithm, "
+        "one local epoch and evaluation of the largest client) and print how many client "
+        "actors fit per GPU, i.e. the runtime.gpus_per_actor to use.")
+    pb_.add_argument("--config", help="YAML config file")
+    pb_.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    pb_.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    pb_.set_defaults(func=cmd_probe)
 
     data = sub.add_parser(
         "data",

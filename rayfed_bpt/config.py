@@ -228,16 +228,22 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
     return d
 
 
+def read_yaml(path: str | Path, what: str = "config file") -> dict:
+    """A YAML mapping from ``path``, or a ConfigError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping at the top level")
+    return d
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    d: dict = {}
-    if path:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    d = read_yaml(path) if path else {}
     d = apply_overrides(d, list(overrides))
     cfg = from_dict(ExperimentConfig, d)
     from .algorithms import algorithm_options  # validate the algorithm's own options now

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .config import ExperimentConfig, apply_overrides, load_config
+from .config import ExperimentConfig, apply_overrides, load_config, read_yaml
 from .errors import ConfigError, RayfedError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
@@ -58,14 +58,7 @@ def _err(path: Path, key: str, msg: str) -> ConfigError:
 def load_space(path: str | Path, overrides: list[str] = ()) -> SweepSpace:
     """Read and check a space file; ``overrides`` (dotted) change its ``base``."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"search-space file {path} does not exist (see tune_spaces/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml(path, "search-space file (see tune_spaces/)")
     unknown = sorted(set(raw) - set(SPACE_KEYS))
     if unknown:
         raise _err(path, str(unknown), f"unknown key(s); allowed: {list(SPACE_KEYS)}")

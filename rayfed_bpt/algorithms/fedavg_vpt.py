@@ -34,9 +34,7 @@ class FedAvgVPT(Algorithm):
 
     @property
     def prompt_shape(self) -> tuple[int, ...]:
-        bb = self.backbone
-        L, D = self.opts.prompt_len, bb.embed_dim
-        return (bb.depth, L, D) if self.opts.deep else (L, D)
+        return self.backbone.prompt_shape(self.opts.prompt_len, self.opts.deep)
 
     def build_module(self) -> nn.Module:
         return VPTModule(self.prompt_shape, self.backbone.embed_dim, self.num_classes)

@@ -23,6 +23,10 @@ class PromptedViT(nn.Module):
         self.depth = len(vit.blocks)
         self.num_prefix = vit.num_prefix_tokens
 
+    def prompt_shape(self, length: int, deep: bool = False) -> tuple[int, ...]:
+        """One image's prompt: (L, D) shallow, or (depth, L, D) deep."""
+        return (self.depth, length, self.embed_dim) if deep else (length, self.embed_dim)
+
     @property
     def device(self) -> torch.device:
         return next(self.vit.parameters()).device

@@ -11,6 +11,7 @@ be recovered stops the run with a message naming the actor and its clients.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -304,5 +305,7 @@ class Driver:
             plot_domains(out / "domain_accuracy.png", history[-1],
                          f"{name}: per-domain accuracy, round {history[-1]['round']}")
         write_config(out / "config.yaml", self.cfg_dict)
+        # where each client actor ran (node, GPU share, clients): for a person and for tests
+        (out / "actors.json").write_text(json.dumps(self.actor_infos, indent=1))
         if self.tracker:
             self.tracker.log_artifacts(out)
