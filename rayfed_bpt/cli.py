@@ -139,8 +139,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         cfg.runtime.address = args.address
     from .runtime import run_experiment
 
-    print(f"rayfed-bpt run: {cfg.algorithm.name} on {cfg.data.partitioner} "
-          f"({cfg.data.num_clients} clients), {cfg.train.rounds} rounds, seed {cfg.seed}")
+    data = (f"partition {cfg.data.partition_dir}" if cfg.data.partition_dir else
+            f"{cfg.data.partitioner} ({cfg.data.num_clients} clients)")
+    print(f"rayfed-bpt run: {cfg.algorithm.name} on {data}, {cfg.train.rounds} rounds, "
+          f"seed {cfg.seed}")
     run_experiment(cfg, resume_dir=args.resume,
                    show_progress="lines" if args.no_progress else True)
 

@@ -160,3 +160,7 @@ def test_two_node_cluster_run_and_sweep(two_node_cluster, digits4, tmp_path):
     runs = client.search_runs([exp.experiment_id])
     children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
     assert len(children) == 2 and all(x.info.status == "FINISHED" for x in children)
+    env["SUBMISSION_ID"] = "rayfed-cluster-test-bad"
+    r = subprocess.run([str(CLUSTER / "submit.sh"), "run", "--set", "train.roundz=1"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "FAILED" in r.stdout  # the job's failure is the exit status
