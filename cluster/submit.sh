@@ -37,7 +37,9 @@ ray job submit --address "$address" --submission-id "$id" \
   --runtime-env-json "$env_json" -- "${entry[@]}"
 rc=$?
 set -e
-status=$(ray job status --address "$address" "$id" 2>&1 | grep -oiE "succeeded|failed|stopped|running|pending" | tail -1 | tr "[:lower:]" "[:upper:]" || true)
+status=$(ray job status --address "$address" "$id" 2>&1 \
+  | grep -oiE "job '$id' (succeeded|failed|stopped|running|pending)" | head -1 \
+  | awk '{print toupper($NF)}' || true)
 echo "job $id: ${status:-unknown} (exit $rc)"
 [[ "$status" == "SUCCEEDED" ]] && exit 0
 exit $(( rc == 0 ? 1 : rc ))
