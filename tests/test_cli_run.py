@@ -29,3 +29,14 @@ def test_bad_config_fails_fast_before_ray(args, msg):
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
     assert "Started a local Ray" not in r.stderr
     assert time.time() - t < 60
+
+
+def test_probe_measures_one_client_actor(digits4, tmp_path):
+    from rayfed_bpt.data import PartitionConfig, write_partition
+
+    part = write_partition(digits4, PartitionConfig("iid", num_clients=3), tmp_path / "p3")
+    r = cli("probe", "--set", f"data.partition_dir={part}", "data.max_train_per_client=40",
+            "data.max_test_per_client=20", "algorithm.options.prompt_len=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "one client actor (pfedbayespt, batch 32" in r.stdout and "GiB" in r.stdout
+    assert "no GPU here" in r.stdout

@@ -7,10 +7,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 import urllib.request
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _net import free_port, short_tempdir
 
 from rayfed_bpt.data import PartitionConfig, write_partition
 
@@ -62,12 +61,6 @@ def test_recipes_parse_and_match_pyproject():
         assert key in (CLUSTER / "README.md").read_text(), key
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(url: str, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -83,7 +76,7 @@ def wait_http(url: str, timeout: float = 120) -> None:
 def two_node_cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     gcs, dash, mlport = free_port(), free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # Unix socket paths must stay short
+    temp = short_tempdir("rc")
     ray = str(BIN / "ray")
     procs = []
     try:

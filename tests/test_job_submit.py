@@ -5,25 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from _net import free_port, short_tempdir
 
 from rayfed_bpt.data import PartitionConfig, write_partition
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -32,7 +25,7 @@ def ray_head(tmp_path):
         pytest.skip("the ray command is not installed")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     gcs, dash = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Unix socket paths must stay short
+    temp = short_tempdir("rt")
     subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                     f"--temp-dir={temp}", "--disable-usage-stats"],

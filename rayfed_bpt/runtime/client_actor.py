@@ -17,11 +17,7 @@ from ..algorithms.evaluation import ClientEval, client_eval
 from ..algorithms.experiment import load_backbone, load_clients, make_algorithm
 from ..config import ExperimentConfig, from_dict
 from ..data import PartitionReader
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from .resources import process_rss
 
 
 class ClientActor:
@@ -37,13 +33,13 @@ class ClientActor:
         if cuda and gpu_memory_fraction:
             # Ray's fractional GPUs only schedule; this caps what torch may allocate.
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
-        self.rss_before_clients = _rss()
+        self.rss_before_clients = process_rss()
         reader = PartitionReader(partition_dir)
         self.num_domains = reader.info.num_domains
         self.alg = make_algorithm(self.cfg, load_backbone(self.cfg).to(self.device), reader)
         self.clients = load_clients(reader, client_ids, self.cfg)
         self.personal: dict[int, State] = {k: self.alg.init_personal(k) for k in client_ids}
-        self.rss_after_clients = _rss()
+        self.rss_after_clients = process_rss()
 
     def info(self) -> dict:
         node = ray.get_runtime_context().get_node_id()
@@ -63,7 +59,7 @@ class ClientActor:
             cuda = {"cuda_max_allocated": torch.cuda.max_memory_allocated(),
                     "cuda_total": torch.cuda.get_device_properties(self.device).total_memory,
                     "cuda_memory_fraction": self.gpu_memory_fraction}
-        return {**cuda, "rss": _rss(), "rss_before_clients": self.rss_before_clients,
+        return {**cuda, "rss": process_rss(), "rss_before_clients": self.rss_before_clients,
                 "rss_after_clients": self.rss_after_clients,
                 "num_clients": len(self.clients), "client_bytes_max": max(per_client),
                 "client_bytes_mean": sum(per_client) / len(per_client)}

@@ -10,7 +10,6 @@ it into ``runtime.gpus_per_actor`` with a safety margin.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import torch
@@ -19,17 +18,13 @@ from ..algorithms.base import ClientTask
 from ..algorithms.experiment import load_backbone, load_clients, make_algorithm, resolve_partition
 from ..config import ExperimentConfig
 from ..data import PartitionReader
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from .resources import process_rss
 
 
 def probe(cfg: ExperimentConfig, device: str | None = None, margin: float = 1.3) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
-    rss0 = _rss()
+    rss0 = process_rss()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     alg = make_algorithm(cfg, load_backbone(cfg).to(device), reader)
@@ -40,8 +35,8 @@ def probe(cfg: ExperimentConfig, device: str | None = None, margin: float = 1.3)
     alg.predict_client(alg.init_global(), res.personal, data, "test", 0)
     seconds = time.perf_counter() - t
     out = {"device": device, "client": k, "num_train": data.num("train"),
-           "local_update_and_eval_seconds": seconds, "rss_bytes": _rss(),
-           "rss_growth_bytes": _rss() - rss0}
+           "local_update_and_eval_seconds": seconds, "rss_bytes": process_rss(),
+           "rss_growth_bytes": process_rss() - rss0}
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(0).total_memory

@@ -37,6 +37,14 @@ class ActorPlan:
         return b
 
 
+def process_rss() -> int:
+    """Resident memory of this process, in bytes (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def plan_actors(rt: RuntimeConfig, num_clients: int, resources: dict[str, float]) -> ActorPlan:
     """How many client actors, and what each asks for, given cluster ``resources``."""
     total_cpu = float(resources.get("CPU", 0))
