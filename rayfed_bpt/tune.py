@@ -253,36 +253,35 @@ def _close_child_run(driver, tracking_uri: str | None) -> None:
         pass
 
 
-class _Progress:
-    """One line per finished or stopped trial, with the running best."""
+def progress_callback(metric: str, mode: str, rounds: int):
+    """A Tune callback printing one line per finished or stopped trial, with the
+    running best (built here so importing this module does not import Ray Tune)."""
+    from ray.tune import Callback
 
-    def __new__(cls, metric: str, mode: str, rounds: int):
-        from ray.tune import Callback
+    class Progress(Callback):
+        def __init__(self):
+            self.best = None
 
-        class Progress(Callback):
-            def __init__(self):
-                self.best = None
+        def _line(self, trial, what: str) -> None:
+            r = trial.last_result or {}
+            v = r.get(metric)
+            done = r.get("round", 0)
+            if v is not None and (self.best is None or
+                                  (v > self.best if mode == "max" else v < self.best)):
+                self.best = v
+            status = "stopped early" if what == "done" and done < rounds else what
+            shown = f"{v:.4f}" if isinstance(v, float) else v
+            best = f"{self.best:.4f}" if self.best is not None else "-"
+            print(f"trial {trial.trial_id} {status} after {done} round(s): {metric} "
+                  f"{shown}  (best so far {best})", flush=True)
 
-            def _line(self, trial, what: str) -> None:
-                r = trial.last_result or {}
-                v = r.get(metric)
-                done = r.get("round", 0)
-                if v is not None and (self.best is None or
-                                      (v > self.best if mode == "max" else v < self.best)):
-                    self.best = v
-                status = "stopped early" if what == "done" and done < rounds else what
-                shown = f"{v:.4f}" if isinstance(v, float) else v
-                best = f"{self.best:.4f}" if self.best is not None else "-"
-                print(f"trial {trial.trial_id} {status} after {done} round(s): {metric} "
-                      f"{shown}  (best so far {best})", flush=True)
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._line(trial, "done")
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._line(trial, "done")
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, "FAILED")
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trial, "FAILED")
-
-        return Progress()
+    return Progress()
 
 
 def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
@@ -336,7 +335,7 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
     else:
         scheduler = FIFOScheduler()
     t0 = time.perf_counter()
-    callbacks = [_Progress(sp.metric, sp.mode, rounds)]
+    callbacks = [progress_callback(sp.metric, sp.mode, rounds)]
     run_config = tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
                                 callbacks=callbacks)
     if resume_dir:

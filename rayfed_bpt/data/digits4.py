@@ -58,9 +58,10 @@ def matplotlib_font_dir() -> str:
     return os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
 
 
-def _stratified_split(
+def stratified_split(
     labels: np.ndarray, test_fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
+    """A "train"/"test" label per example, the test share per class (used by importers too)."""
     splits = np.full(len(labels), "train", dtype=object)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
@@ -191,16 +192,16 @@ def build_digits4(
     x28, y_mnist = load_mnist_subset()
     order = rng.permutation(len(x28))  # the subset ships sorted by class
     x28, y_mnist = x28[order], y_mnist[order]
-    mnist_split = _stratified_split(y_mnist, test_fraction, rng)
+    mnist_split = stratified_split(y_mnist, test_fraction, rng)
     mnist = mnist_domain(x28)
 
     parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = [
         ("mnist", mnist, y_mnist, mnist_split)
     ]
     x_opt, y_opt = optdigits_domain()
-    parts.append(("optdigits", x_opt, y_opt, _stratified_split(y_opt, test_fraction, rng)))
+    parts.append(("optdigits", x_opt, y_opt, stratified_split(y_opt, test_fraction, rng)))
     x_font, y_font = render_font_digits(fonts_per_class * 10, FEDERATED_FONTS, rng)
-    parts.append(("fonts", x_font, y_font, _stratified_split(y_font, test_fraction, rng)))
+    parts.append(("fonts", x_font, y_font, stratified_split(y_font, test_fraction, rng)))
     parts.append(("mnistm", mnistm_domain(x28, rng), y_mnist, mnist_split))
     for kind in extra_domains:
         parts.append((kind, transform_domain(kind, mnist, rng), y_mnist, mnist_split))

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
-from .digits4 import _stratified_split
+from .digits4 import stratified_split
 from .schema import DatasetInfo, make_table
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -85,7 +85,7 @@ def import_image_folder(
         dom_labels = np.asarray(dom_labels)
         labels.append(dom_labels)
         doms.append(np.full(len(dom_labels), d))
-        splits.append(_stratified_split(dom_labels, test_fraction, rng))
+        splits.append(stratified_split(dom_labels, test_fraction, rng))
     info = DatasetInfo(
         name=root.name,
         class_names=classes,
@@ -236,7 +236,7 @@ def import_table_source(
         splits = np.empty(len(labels), dtype="<U5")
         for d in range(len(domain_names)):
             m = domains == d
-            splits[m] = _stratified_split(labels[m], test_fraction, rng)
+            splits[m] = stratified_split(labels[m], test_fraction, rng)
     info = DatasetInfo(
         name=path.stem,
         class_names=list(class_names),
