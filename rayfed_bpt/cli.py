@@ -190,6 +190,19 @@ def cmd_probe(args: argparse.Namespace) -> None:
         print("no GPU here: run `rayfed-bpt probe` on a GPU node to size runtime.gpus_per_actor")
 
 
+def cmd_experiment(args: argparse.Namespace) -> None:
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from .experiments import run_suite
+
+    cmd = f"rayfed-bpt experiment --suite {args.suite}" + (" --quick" if args.quick else "")
+    if args.report_dir:
+        cmd += f" --report-dir {args.report_dir}"
+    run_suite(args.suite, quick=args.quick, out=args.out, report_dir=args.report_dir,
+              address=args.address, tracking=not args.no_tracking, command=cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rayfed-bpt",
@@ -227,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--output-dir", help="where sweeps and the MLflow store go "
                     "(default: runtime.output_dir, ./rayfed_runs)")
     tu.set_defaults(func=cmd_tune)
+
+    ex = sub.add_parser(
+        "experiment", help="run an experiment suite: tables and plots (the paper's)",
+        description="Run an experiment suite: tune every method's learning rate, run every "
+        "method x setting x seed, then the sensitivity studies, and write results.md with "
+        "tables and PNG plots. Each run is one Ray task (one CPU); finished runs are cached "
+        "under --out, so running the same command again resumes. Everything is logged to "
+        "one MLflow experiment.")
+    ex.add_argument("--suite", default="paper", help="which suite (default: paper)")
+    ex.add_argument("--quick", action="store_true",
+                    help="the same suite, reduced (1 seed, tiny runs): a few minutes, for CI")
+    ex.add_argument("--out", help="run cache and MLflow store (default: "
+                    "./rayfed_runs/experiment-<suite>)")
+    ex.add_argument("--report-dir", help="where results.md and figures/ go (default: "
+                    "<out>/report; the committed results use docs/)")
+    ex.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    ex.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    ex.set_defaults(func=cmd_experiment)
 
     pb_ = sub.add_parser(
         "probe", help="measure one client actor's memory: how many fit per GPU",

@@ -144,3 +144,31 @@ def test_existing_output_needs_overwrite_and_failed_write_leaves_nothing(digits4
         )
     assert sorted(p.name for p in out.iterdir()) == before  # the old partition is intact
     assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no temporary leftovers
+
+
+
+def _write_same(path, out, barrier, results):
+    ds = load_dataset(path)
+    barrier.wait()  # all check "exists?" together: the race a parallel suite can hit
+    try:
+        write_partition(ds, PartitionConfig("iid", num_clients=3, seed=0), out)
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        results.put(repr(e))
+
+
+def test_parallel_writers_of_one_partition_all_succeed(digits4_path, tmp_path):
+    """Parallel runs on one node may each make the same partition: none may fail."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    out, barrier, results = tmp_path / "same", ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_write_same, args=(digits4_path, out, barrier, results))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert got == ["ok"] * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # no temp folders left

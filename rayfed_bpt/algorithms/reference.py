@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -30,9 +31,17 @@ from .experiment import (
 
 
 def run_reference(
-    cfg: ExperimentConfig, log: Callable[[str], None] | None = print
+    cfg: ExperimentConfig,
+    log: Callable[[str], None] | None = print,
+    final_evals: dict[str, dict] | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``cfg`` in this process; return one metrics dict per evaluated round."""
+    """Run ``cfg`` in this process; return one metrics dict per evaluated round.
+
+    ``final_evals`` maps a name to algorithm options (e.g. ``{"S16": {"eval_samples": 16}}``):
+    the trained final state is evaluated again under each, and the last metrics dict gets
+    ``"<name>/<metric>"`` entries. Test-time options (S, the mean prompt) are studied this
+    way without retraining.
+    """
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
     backbone = load_backbone(cfg)
     alg = make_algorithm(cfg, backbone, reader)
@@ -68,6 +77,19 @@ def run_reference(
                     f"acc mean {m['acc_mean']:.3f} std {m['acc_std']:.3f} min {m['acc_min']:.3f}"
                     f"  ({m['round_seconds']:.1f}s)"
                 )
+    if final_evals and history:
+        for name, options in final_evals.items():
+            variant = replace(
+                cfg, algorithm=replace(cfg.algorithm, options={**cfg.algorithm.options, **options})
+            )
+            alt = make_algorithm(variant, backbone, reader)
+            evals = [
+                client_eval(alt, global_state, personal[k], clients[k], cfg.train.rounds - 1,
+                            reader.info.num_domains)
+                for k in reader.client_ids
+            ]
+            summary = summarize(evals, reader.info.domain_names, alt.has_global_model)
+            history[-1].update({f"{name}/{k}": v for k, v in summary.items()})
     return history
 
 

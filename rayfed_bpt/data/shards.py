@@ -98,13 +98,21 @@ def write_partition(
             "clients": clients,
         }
         write_json(manifest, tmp_dir / MANIFEST)
+        if out_dir.exists() and not overwrite and _same_recipe(out_dir, dataset, cfg):
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # a parallel writer made it meanwhile:
+            return out_dir  # keep theirs, which runs may already be reading
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
             os.replace(tmp_dir, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp_dir, out_dir)
+            try:
+                os.replace(tmp_dir, out_dir)
+            except OSError:
+                if not _same_recipe(out_dir, dataset, cfg):
+                    raise
+                shutil.rmtree(tmp_dir, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -1,0 +1,399 @@
+"""From run records to what a reader looks at: Markdown tables and PNG plots.
+
+Records are the dicts ``runner.execute`` returns (one per run, with the metric
+history). Nothing here trains or talks to Ray: a report can be rebuilt from the
+run cache alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .suite import ABLATIONS, FLAGSHIP, Suite
+
+NAMES = {
+    "pfedbayespt": "pFedBayesPT",
+    "local": "Local",
+    "fedavg_linear": "FedAvg-Linear",
+    "fedavg_vpt": "FedAvg-VPT",
+    "fedper_vpt": "FedPer-VPT",
+    "fedrep_vpt": "FedRep-VPT",
+    "pfedpg": "pFedPG",
+    "gaussian_vi": "Gaussian-VI (d_eps=0)",
+    "pfedbayespt_beta0": "pFedBayesPT beta=0",
+}
+
+
+def final(rec: dict) -> dict:
+    return rec["history"][-1]
+
+
+def mean_std(xs) -> tuple[float, float]:
+    a = np.asarray([x for x in xs if x is not None and not math.isnan(x)], float)
+    if not len(a):
+        return math.nan, math.nan
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
+
+
+def fmt(m: float, s: float = math.nan) -> str:
+    """A percentage, with ``± s`` when there was more than one seed."""
+    if math.isnan(m):
+        return "n/a"
+    return f"{m * 100:.1f}" if math.isnan(s) else f"{m * 100:.1f} ± {s * 100:.1f}"
+
+
+def tuned_lrs(tune_records: list[dict]) -> dict[str, float]:
+    """Each method's learning rate with the best final mean client accuracy (ties: smaller)."""
+    best: dict[str, tuple[float, float]] = {}
+    for r in tune_records:
+        acc, lr = final(r)["acc_mean"], float(r["value"])
+        cur = best.get(r["method"])
+        if cur is None or acc > cur[0] or (acc == cur[0] and lr < cur[1]):
+            best[r["method"]] = (acc, lr)
+    return {m: lr for m, (_, lr) in best.items()}
+
+
+def _by(records: list[dict], *fields: str) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        out[tuple(r[f] for f in fields)].append(r)
+    return out
+
+
+def domain_names(records: list[dict]) -> list[str]:
+    return [k.split("/", 1)[1] for k in final(records[0]) if k.startswith("domain_acc/")]
+
+
+def setting_rows(suite: Suite, main: list[dict], setting: str) -> list[dict]:
+    """Per method: mean/std over seeds of the final metrics, and the per-seed means."""
+    groups = _by([r for r in main if r["setting"] == setting], "method")
+    rows = []
+    for m in suite.methods:
+        recs = sorted(groups.get((m,), []), key=lambda r: r["seed"])
+        if not recs:
+            continue
+        f = [final(r) for r in recs]
+        rows.append({
+            "method": m,
+            "seeds": [r["seed"] for r in recs],
+            "acc": [x["acc_mean"] for x in f],
+            "acc_ms": mean_std(x["acc_mean"] for x in f),
+            "min_ms": mean_std(x["acc_min"] for x in f),
+            "global_ms": mean_std(x["global_acc"] for x in f),
+            "domains": {d: mean_std(x[f"domain_acc/{d}"] for x in f)
+                        for d in domain_names(recs)},
+            "seconds": float(np.mean([r["seconds"] for r in recs])),
+        })
+    return rows
+
+
+def verdict(rows: list[dict]) -> str:
+    """pFedBayesPT against the best baseline (ablations are not baselines), paired by seed."""
+    flag = next((r for r in rows if r["method"] == FLAGSHIP), None)
+    base = [r for r in rows if r["method"] not in (FLAGSHIP, *ABLATIONS)]
+    if flag is None or not base:
+        return ""
+    best = max(base, key=lambda r: r["acc_ms"][0])
+    d = np.asarray(flag["acc"]) - np.asarray(best["acc"])
+    wins = int((d > 0).sum())
+    gap = flag["acc_ms"][0] - best["acc_ms"][0]
+    word = "beats" if gap > 0 else "does not beat"
+    spread = f" ± {d.std(ddof=1) * 100:.1f}" if len(d) > 1 else ""
+    return (f"**pFedBayesPT {word} the best baseline** ({NAMES[best['method']]}): "
+            f"{gap * 100:+.1f} points (per-seed differences {d.mean() * 100:+.1f}{spread}; "
+            f"higher in {wins} of {len(d)} seeds).")
+
+
+def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
+    doms = list(rows[0]["domains"]) if rows else []
+    best = max(r["acc_ms"][0] for r in rows)
+    head = ["method", "lr", "mean client acc", "min client acc", "global model acc",
+            *doms, "s / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        acc = fmt(*r["acc_ms"])
+        if r["acc_ms"][0] == best:
+            acc = f"**{acc}**"
+        lr = lrs.get(ABLATIONS.get(r["method"], r["method"]), math.nan)
+        lines.append("| " + " | ".join([
+            NAMES[r["method"]], f"{lr:g}", acc, fmt(*r["min_ms"]), fmt(*r["global_ms"]),
+            *[fmt(*r["domains"][d]) for d in doms], f"{r['seconds']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def headline_table(suite: Suite, main: list[dict]) -> str:
+    cols = [s.name for s in suite.settings]
+    per = {s: {r["method"]: r for r in setting_rows(suite, main, s)} for s in cols}
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    best = {s: max(r["acc_ms"][0] for r in per[s].values()) for s in cols if per[s]}
+    for m in suite.methods:
+        cells = []
+        for s in cols:
+            r = per[s].get(m)
+            c = fmt(*r["acc_ms"]) if r else "n/a"
+            cells.append(f"**{c}**" if r and r["acc_ms"][0] == best[s] else c)
+        lines.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tune_table(tune: list[dict], lrs: dict[str, float]) -> str:
+    grid = sorted({float(r["value"]) for r in tune})
+    acc = {(r["method"], float(r["value"])): final(r)["acc_mean"] for r in tune}
+    lines = ["| method | " + " | ".join(f"lr {g:g}" for g in grid) + " | chosen |",
+             "|---|" + "---|" * (len(grid) + 1)]
+    for m in lrs:
+        lines.append(f"| {NAMES[m]} | " + " | ".join(
+            fmt(acc.get((m, g), math.nan)) for g in grid) + f" | {lrs[m]:g} |")
+    return "\n".join(lines)
+
+
+def study_rows(suite: Suite, main: list[dict], sens: list[dict]) -> dict[str, list[dict]]:
+    """Per study: one row per value (default first) with mean/std over the study's seeds."""
+    seeds = set(suite.sensitivity_seeds)
+    default = {r["seed"]: final(r) for r in main if r["method"] == FLAGSHIP
+               and r["setting"] == suite.sensitivity_setting and r["seed"] in seeds}
+    out = {}
+    for study in suite.studies:
+        rows = []
+        for i, (label, _) in enumerate(study.values):
+            f = (list(default.values()) if i == 0 else
+                 [final(r) for r in sens if r["study"] == study.name and r["value"] == label])
+            rows.append({"value": label, "default": i == 0, "n": len(f),
+                         "acc_ms": mean_std(x["acc_mean"] for x in f),
+                         "min_ms": mean_std(x["acc_min"] for x in f)})
+        out[study.name] = rows
+    flag = [final(r) for r in main if r["method"] == FLAGSHIP
+            and r["setting"] == suite.sensitivity_setting]
+    rows = []
+    for name in [*suite.sample_evals, "S8"]:
+        key = "" if name == "S8" else f"{name}/"
+        f = [x for x in flag if f"{key}acc_mean" in x]
+        rows.append({"value": name, "default": name == "S8", "n": len(f),
+                     "acc_ms": mean_std(x[f"{key}acc_mean"] for x in f),
+                     "min_ms": mean_std(x[f"{key}acc_min"] for x in f)})
+    order = {"mean_prompt": -1}
+    rows.sort(key=lambda r: order.get(r["value"], int(r["value"][1:]) if r["value"][1:]
+                                      .isdigit() else 0))
+    out["S"] = rows
+    return out
+
+
+def study_table(rows: list[dict]) -> str:
+    base = next(r for r in rows if r["default"])["acc_ms"][0]
+    lines = ["| value | runs | mean client acc | min client acc | vs default |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        v = f"{r['value']} (default)" if r["default"] else r["value"]
+        lines.append(f"| {v} | {r['n']} | {fmt(*r['acc_ms'])} | {fmt(*r['min_ms'])} | "
+                     f"{_delta(r['acc_ms'][0] - base)} |")
+    return "\n".join(lines)
+
+
+def _delta(x: float) -> str:
+    return f"{0.0 if abs(x) < 5e-4 else x * 100:+.1f}"
+
+
+# ----- plots ---------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(path: Path, suite: Suite, main: list[dict], setting: str, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    seed = suite.seeds[0]
+    for m in suite.methods:
+        rec = next((r for r in main if r["setting"] == setting and r["method"] == m
+                    and r["seed"] == seed), None)
+        if rec is None:
+            continue
+        style = "-" if m not in ABLATIONS else "--"
+        ax.plot([h["round"] for h in rec["history"]], [h["acc_mean"] for h in rec["history"]],
+                style, marker="o", ms=3, lw=2.4 if m == FLAGSHIP else 1.3, label=NAMES[m])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"mean client test accuracy (seed {seed})")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_domains(path: Path, rows: list[dict], title: str) -> None:
+    plt = _plt()
+    doms = list(rows[0]["domains"])
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(doms)) + 2.5, 4.5))
+    for i, r in enumerate(rows):
+        xs = np.arange(len(doms)) + (i - (len(rows) - 1) / 2) * width
+        ms = [r["domains"][d] for d in doms]
+        ax.bar(xs, [m for m, _ in ms], width, yerr=[np.nan_to_num(s) for _, s in ms], capsize=1.5,
+               label=NAMES[r["method"]], hatch="//" if r["method"] in ABLATIONS else None)
+    ax.set_xticks(np.arange(len(doms)), doms)
+    lo = min(r["domains"][d][0] for r in rows for d in doms if not math.isnan(
+        r["domains"][d][0]))
+    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+    ax.set_ylabel("test accuracy per domain (pooled over clients)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_study(path: Path, rows: list[dict], title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    xs = np.arange(len(rows))
+    ax.errorbar(xs, [r["acc_ms"][0] for r in rows],
+                yerr=[np.nan_to_num(r["acc_ms"][1]) for r in rows],
+                marker="o", capsize=3, label="mean client acc")
+    ax.errorbar(xs, [r["min_ms"][0] for r in rows],
+                yerr=[np.nan_to_num(r["min_ms"][1]) for r in rows],
+                marker="s", capsize=3, ls="--", label="min client acc")
+    ax.set_xticks(xs, [r["value"] + ("*" if r["default"] else "") for r in rows], fontsize=8,
+                  rotation=15)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title + "  (* default)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----- the document --------------------------------------------------------------------------
+def variant_table(suite: Suite, main: list[dict], variants: list[dict]) -> str:
+    """Each option variant beside the default pFedBayesPT and the best baseline, per setting."""
+    lines = ["| setting | pFedBayesPT | mean client acc | min client acc | vs default | "
+             "vs best baseline |", "|---|---|---|---|---|---|"]
+    for v in suite.variants:
+        for setting in v.settings:
+            rows = {r["method"]: r for r in setting_rows(suite, main, setting)}
+            base = max((r for m, r in rows.items() if m not in (FLAGSHIP, *ABLATIONS)),
+                       key=lambda r: r["acc_ms"][0])
+            f = [final(r) for r in sorted(variants, key=lambda r: r["seed"])
+                 if r["study"] == v.name and r["setting"] == setting]
+            acc, mn = mean_std(x["acc_mean"] for x in f), mean_std(x["acc_min"] for x in f)
+            d = rows[FLAGSHIP]
+            lines.append(f"| {setting} | default | {fmt(*d['acc_ms'])} | {fmt(*d['min_ms'])} | "
+                         f"+0.0 | {_delta(d['acc_ms'][0] - base['acc_ms'][0])} "
+                         f"({NAMES[base['method']]}) |")
+            lines.append(f"| {setting} | {v.name} | {fmt(*acc)} | {fmt(*mn)} | "
+                         f"{_delta(acc[0] - d['acc_ms'][0])} | "
+                         f"{_delta(acc[0] - base['acc_ms'][0])} |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], sens: list[dict],
+                 lrs: dict[str, float], info: dict, variants: list[dict] = ()) -> Path:
+    """Write ``out/results.md`` and ``out/figures/*.png``; return the Markdown path."""
+    from .suite import config_hash
+
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    rel = fig_dir.relative_to(out)
+    md = [f"# Experiments: suite `{suite.name}`", ""]
+    md += [
+        f"Produced by `{info['command']}` (suite hash `{info['suite_hash']}`, the hash of "
+        f"every run's resolved config) on {info['machine']}: **{info['wall_seconds'] / 60:.1f} "
+        f"min** wall time for the invocation(s) that computed its {info['runs']} runs "
+        f"({info['invocations']}); {info['run_seconds'] / 60:.1f} min of single-core run time "
+        "in all.",
+        "",
+        "Every number is the accuracy on each client's own test split with its own state, "
+        "in percent: **mean client acc** is the mean over clients (then mean ± std over "
+        f"seeds {', '.join(map(str, suite.seeds))}), **min client acc** the worst client, "
+        "per-domain columns pool all clients' test examples of that domain, **global model "
+        "acc** the shared model on the pooled test set (n/a for methods with personal state). "
+        "Same partitions, backbone (`rfbpt_vit_digits`, frozen), rounds and local epochs for "
+        "every method; each method at its tuned learning rate (the two ablations at "
+        "pFedBayesPT's).",
+        "",
+        "Budget (2 CPU cores, one core per run): " + info["budget"],
+        "",
+        "## Headline: mean client accuracy (%), mean ± std over seeds",
+        "",
+        headline_table(suite, main),
+        "",
+    ]
+    for s in suite.settings:
+        md.append(f"- {verdict(setting_rows(suite, main, s.name))} ({s.name})")
+    md += ["", f"![headline]({rel}/headline.png)", ""]
+    plot_headline(fig_dir / "headline.png", suite, main)
+    for s in suite.settings:
+        rows = setting_rows(suite, main, s.name)
+        chash = config_hash(sorted({o for r in main if r["setting"] == s.name
+                                    for o in r["overrides"] if not o.startswith(
+                                        ("algorithm.", "seed=", "train.lr=", "train.eval"))}))
+        md += [f"## {s.title}", "",
+               f"Setting `{s.name}`, config hash `{chash}`; overrides: "
+               f"`{' '.join((*suite.common, *s.overrides))}`.", "",
+               setting_table(rows, lrs), "", verdict(rows), ""]
+        plot_curves(fig_dir / f"curves_{s.name}.png", suite, main, s.name, s.title)
+        plot_domains(fig_dir / f"domains_{s.name}.png", rows, s.title)
+        md += [f"![curves]({rel}/curves_{s.name}.png)",
+               f"![domains]({rel}/domains_{s.name}.png)", ""]
+    md += ["## Sensitivity of pFedBayesPT", "",
+           f"Setting `{suite.sensitivity_setting}`, one option changed at a time from the "
+           f"defaults, seeds {', '.join(map(str, suite.sensitivity_seeds))} (the default point "
+           "is the main table's run; S is studied on the main runs' trained states, all "
+           f"{len(suite.seeds)} seeds).", ""]
+    studies = study_rows(suite, main, sens)
+    titles = {st.name: st.title for st in suite.studies}
+    titles["S"] = "Test-time prompt samples S (mean_prompt: noise-free mean prompt)"
+    for name, rows in studies.items():
+        fname = "sensitivity_" + "".join(c if c.isalnum() else "_" for c in name) + ".png"
+        plot_study(fig_dir / fname, rows, titles[name])
+        md += [f"### {titles[name]}", "", study_table(rows), "", f"![{name}]({rel}/{fname})", ""]
+    if suite.variants:
+        md += ["## pFedBayesPT options beside the default", "",
+               *[f"- **{v.name}**: {v.title}" for v in suite.variants], "",
+               f"Seeds {', '.join(map(str, suite.seeds))}, otherwise the main table's runs.",
+               "", variant_table(suite, main, list(variants)), ""]
+    md += ["## Learning-rate tuning", "",
+           f"Final mean client accuracy (%) on setting `{suite.tune_setting}` with partition "
+           f"and training seed {suite.tune_seed}, which no table uses (its test examples come "
+           "from the same pool, as in any single-benchmark study).", "",
+           tune_table(tune, lrs), ""]
+    if info.get("notes"):
+        md += ["## Notes", "", info["notes"], ""]
+    path = out / "results.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def plot_headline(path: Path, suite: Suite, main: list[dict]) -> None:
+    plt = _plt()
+    cols = [s.name for s in suite.settings]
+    per = {s: {r["method"]: r for r in setting_rows(suite, main, s)} for s in cols}
+    methods = [m for m in suite.methods if any(m in per[s] for s in cols)]
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    for i, m in enumerate(methods):
+        xs = np.arange(len(cols)) + (i - (len(methods) - 1) / 2) * width
+        ms = [per[s][m]["acc_ms"] if m in per[s] else (math.nan, math.nan) for s in cols]
+        ax.bar(xs, [a for a, _ in ms], width, yerr=[np.nan_to_num(b) for _, b in ms], capsize=1.5,
+               label=NAMES[m], hatch="//" if m in ABLATIONS else None)
+    ax.set_xticks(np.arange(len(cols)), cols)
+    vals = [per[s][m]["acc_ms"][0] for s in cols for m in per[s]]
+    ax.set_ylim(max(0.0, min(vals) - 0.05), min(1.0, max(vals) + 0.03))
+    ax.set_ylabel("mean client test accuracy")
+    ax.set_title(f"suite {suite.name}: mean ± std over seeds", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,235 @@
+"""Running a suite's runs on Ray: one task per run, results cached on disk, MLflow.
+
+A run is the single-process reference loop (bit-identical to the actor runtime,
+which tests check) inside one Ray task with one CPU: on a laptop two runs share
+two cores, on a cluster the runs spread over every node. Each finished run is
+written to ``<out>/runs/<key>.json`` at once, keyed by its resolved config, so
+an interrupted suite resumes where it stopped and identical runs are shared
+between stages. A failed run does not stop the others; the suite reports it
+and keeps what finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+
+from ..errors import RayfedError
+from .suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
+
+
+def _run_remote(overrides: list[str], final_evals: dict) -> dict:
+    import torch
+
+    from ..algorithms.reference import run_reference
+    from ..config import load_config
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg = load_config(None, overrides)
+    t = time.perf_counter()
+    history = run_reference(cfg, log=None, final_evals=final_evals)
+    return {"history": history, "seconds": time.perf_counter() - t}
+
+
+def _cost(spec: RunSpec) -> float:
+    """A rough relative cost, so that the longest runs start first (better packing)."""
+    clients = next((int(o.split("=")[1]) for o in spec.overrides
+                    if o.startswith("data.num_clients=")), 20)
+    bayes = spec.method in (FLAGSHIP, *ABLATIONS)
+    return clients * (2.0 if bayes else 1.0) * (0.1 if spec.method == "fedavg_linear" else 1.0)
+
+
+def prepare_partitions(specs: list[RunSpec]) -> None:
+    """Write every partition once, here, before parallel runs could race to write one."""
+    from ..algorithms.experiment import resolve_partition
+    from ..config import load_config
+
+    seen = set()
+    for s in specs:
+        cfg = load_config(None, list(s.overrides))
+        ident = (json.dumps(asdict(cfg.data), sort_keys=True), cfg.seed)
+        if ident not in seen:
+            seen.add(ident)
+            resolve_partition(cfg.data, cfg.seed)
+
+
+class RunStore:
+    """Finished runs on disk: ``<out>/runs/<key>.json``, written atomically."""
+
+    def __init__(self, out: Path):
+        self.dir = Path(out) / "runs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        p = self.path(key)
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            p.rename(p.with_suffix(".corrupt"))  # kept for a look; the run is redone
+            return None
+
+    def log_invocation(self, wall_seconds: float, computed: int) -> list[dict]:
+        """Append this invocation to ``<out>/invocations.json``; return them all."""
+        path = self.dir.parent / "invocations.json"
+        history = json.loads(path.read_text()) if path.exists() else []
+        history.append({"at": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_seconds": wall_seconds,
+                        "computed": computed})
+        path.write_text(json.dumps(history, indent=1))
+        return history
+
+    def put(self, record: dict) -> None:
+        tmp = self.path(record["key"]).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, self.path(record["key"]))
+
+
+def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: str | None = None,
+            log=print) -> list[dict]:
+    """Run what ``store`` does not hold yet; return one record per spec (same order)."""
+    keyed = [(s, run_key(s.overrides, s.final_evals)) for s in specs]
+    records: dict[str, dict] = {}
+    todo: dict[str, RunSpec] = {}
+    for s, k in keyed:
+        rec = store.get(k)
+        if rec is not None:
+            records[k] = rec
+        else:
+            todo.setdefault(k, s)
+    if todo:
+        prepare_partitions(list(todo.values()))
+    remote = ray.remote(num_cpus=1, max_retries=1)(_run_remote)
+    order = sorted(todo.items(), key=lambda kv: -_cost(kv[1]))
+    futures = {remote.remote(list(s.overrides), s.final_evals): (k, s) for k, s in order}
+    if log:
+        log(f"{len(keyed)} runs: {len(records)} from the cache, {len(todo)} to run")
+    failures = []
+    done, t0 = 0, time.perf_counter()
+    while futures:
+        ready, _ = ray.wait(list(futures), num_returns=1)
+        k, s = futures.pop(ready[0])
+        done += 1
+        try:
+            out = ray.get(ready[0])
+        except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+            failures.append(f"{s.label()}: {getattr(e, 'cause', None) or e}")
+            if log:
+                log(f"[{done}/{len(todo)}] FAILED {s.label()}: {failures[-1]}")
+            continue
+        rec = {"key": k, **{f: getattr(s, f) for f in ("stage", "setting", "method", "seed",
+                                                         "study", "value")},
+               "overrides": list(s.overrides), "final_evals": s.final_evals, **out}
+        if tracker is not None:
+            rec["mlflow_run_id"] = log_run(tracker, rec, parent_run_id)
+        store.put(rec)
+        records[k] = rec
+        if log:
+            last = out["history"][-1]
+            log(f"[{done}/{len(todo)}] {s.label()}: mean client acc {last['acc_mean']:.3f} "
+                f"({out['seconds']:.0f}s; {time.perf_counter() - t0:.0f}s elapsed)")
+    if failures:
+        raise RayfedError(
+            f"{len(failures)} run(s) failed (finished runs are kept in {store.dir}; run the "
+            "same command again to retry only the failed ones):\n  " + "\n  ".join(failures))
+    return [records[k] for _, k in keyed]
+
+
+def log_run(tracker, rec: dict, parent_run_id: str | None) -> str:
+    """One MLflow child run per suite run: its config, its tags and its metric history."""
+    from ..config import load_config
+
+    cfg = load_config(None, rec["overrides"]).to_dict()
+    name = "/".join(x for x in (rec["stage"], rec["setting"], rec["method"], rec["study"],
+                                rec["value"], f"s{rec['seed']}") if x != "")
+    run_id = tracker.start(name, cfg, parent_run_id=parent_run_id)
+    tracker.client.set_tag(run_id, "run_key", rec["key"])
+    for tag in ("stage", "setting", "method", "seed", "study", "value"):
+        tracker.client.set_tag(run_id, tag, str(rec[tag]))
+    for m in rec["history"]:
+        tracker.log_metrics({k: v for k, v in m.items() if k != "round"}, step=int(m["round"]))
+    tracker.log_metrics({"run_seconds": rec["seconds"]}, step=int(rec["history"][-1]["round"]))
+    tracker.finish()
+    return run_id
+
+
+def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None = None,
+              report_dir: str | Path | None = None, address: str | None = None,
+              tracking: bool = True, tracking_uri: str | None = None,
+              command: str = "", log=print) -> Path:
+    """Tune, run and report a suite; return the path of its ``results.md``."""
+    import platform
+
+    from ..runtime.launch import init_ray
+    from ..tracking import Tracker, resolve_tracking_uri, ui_command
+    from .report import tuned_lrs, write_report
+    from .suite import SUITES, config_hash
+
+    if name not in SUITES:
+        raise RayfedError(f"unknown suite {name!r}; available: {sorted(SUITES)}")
+    suite = SUITES[name](quick)
+    out = Path(out or f"rayfed_runs/experiment-{suite.name}").resolve()
+    report_dir = Path(report_dir).resolve() if report_dir else out / "report"
+    store = RunStore(out)
+    init_ray(address)
+    parent, child, parent_id = None, None, None
+    if tracking:
+        uri = resolve_tracking_uri(tracking_uri, out)
+        parent = Tracker(uri, f"rayfed_bpt-{suite.name}", artifact_root=out / "mlartifacts")
+        child = Tracker(uri, f"rayfed_bpt-{suite.name}", artifact_root=out / "mlartifacts")
+        parent_id = parent.start(f"suite {suite.name}", {"command": command, "quick": quick})
+    t0 = time.perf_counter()
+    cached_before = len(list(store.dir.glob("*.json")))
+    try:
+        log(f"stage 1/2: learning-rate tuning on {suite.tune_setting}, seed {suite.tune_seed}")
+        tune = execute(suite.tune_runs(), store, child, parent_id, log)
+        lrs = tuned_lrs(tune)
+        log("tuned learning rates: " + ", ".join(f"{m} {v:g}" for m, v in lrs.items()))
+        main_specs, sens_specs = suite.main_runs(lrs), suite.sensitivity_runs(lrs)
+        var_specs = suite.variant_runs(lrs)
+        log(f"stage 2/2: {len(main_specs)} main runs, {len(sens_specs)} sensitivity runs, "
+            f"{len(var_specs)} option-variant runs")
+        done = execute(main_specs + sens_specs + var_specs, store, child, parent_id, log)
+    except BaseException:
+        if parent is not None:
+            parent.finish("FAILED")
+        raise
+    n_main, n_sens = len(main_specs), len(sens_specs)
+    main, sens = done[:n_main], done[n_main : n_main + n_sens]
+    variants = done[n_main + n_sens :]
+    wall = time.perf_counter() - t0
+    records = tune + main + sens + variants
+    keys = sorted({r["key"] for r in records})
+    computed = len(list(store.dir.glob("*.json"))) - cached_before
+    history = store.log_invocation(wall, computed)
+    working = [h for h in history if h["computed"] > 0] or history[-1:]
+    info = {
+        "command": command or f"rayfed-bpt experiment --suite {name}" + (" --quick" * quick),
+        "suite_hash": config_hash(keys),
+        "wall_seconds": sum(h["wall_seconds"] for h in working),
+        "invocations": ", ".join(f"{h['computed']} runs in {h['wall_seconds'] / 60:.1f} min"
+                                 for h in working),
+        "runs": len(keys),
+        "run_seconds": sum(r["seconds"] for r in {r["key"]: r for r in records}.values()),
+        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
+        "budget": suite.budget,
+        "notes": suite.notes,
+    }
+    path = write_report(report_dir, suite, tune, main, sens, lrs, info, variants)
+    if parent is not None:
+        parent.log_metrics({"wall_seconds": wall, "runs": len(keys)}, step=0)
+        parent.log_artifacts(report_dir)
+        parent.finish()
+        log(f"MLflow experiment rayfed_bpt-{suite.name} in {parent.uri}\n"
+            f"  browse it: {ui_command(parent.uri)}")
+    log(f"report: {path} ({wall / 60:.1f} min)")
+    return path

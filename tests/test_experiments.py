@@ -1,0 +1,237 @@
+"""The experiment suite: its design (fair comparisons), run keys, the run cache on a real
+local Ray, the report's statistics against hand computations, and the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import ray
+
+from rayfed_bpt.algorithms.reference import run_reference
+from rayfed_bpt.cli import main as cli_main
+from rayfed_bpt.config import load_config
+from rayfed_bpt.data import PartitionConfig, write_partition
+from rayfed_bpt.errors import RayfedError
+from rayfed_bpt.experiments import paper_suite
+from rayfed_bpt.experiments.report import (
+    headline_table,
+    mean_std,
+    setting_rows,
+    study_rows,
+    tuned_lrs,
+    verdict,
+    write_report,
+)
+from rayfed_bpt.experiments.runner import RunStore, execute
+from rayfed_bpt.experiments.suite import ABLATIONS, FLAGSHIP, METHODS, RunSpec, run_key
+
+LRS = {m: 0.01 * (i + 1) for i, m in enumerate(METHODS) if m not in ABLATIONS}
+
+
+def _ovr(spec: RunSpec) -> dict[str, str]:
+    d: dict[str, str] = {}
+    for o in spec.overrides:
+        k, v = o.split("=", 1)
+        d[k] = v  # the last one wins, as in load_config
+    return d
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_paper_suite_compares_methods_fairly(quick):
+    s = paper_suite(quick)
+    main = s.main_runs(LRS)
+    assert len(main) == len(s.settings) * len(METHODS) * len(s.seeds)
+    for setting in s.settings:
+        for seed in s.seeds:
+            runs = [_ovr(r) for r in main if r.setting == setting.name and r.seed == seed]
+            assert sorted(r["algorithm.name"] for r in runs) == sorted(METHODS)
+            # everything but the method, its learning rate and the eval schedule is shared
+            shared = [{k: v for k, v in r.items() if k not in
+                       ("algorithm.name", "train.lr", "train.eval_every")} for r in runs]
+            assert all(x == shared[0] for x in shared)
+            for r in runs:
+                m = r["algorithm.name"]
+                assert float(r["train.lr"]) == LRS[ABLATIONS.get(m, m)]
+    # tuning never uses a seed the tables report
+    assert all(r.seed == s.tune_seed not in s.seeds for r in s.tune_runs())
+    assert {r.method for r in s.tune_runs()} == set(METHODS) - set(ABLATIONS)
+    # a sensitivity run is the main flagship run of its seed plus exactly its study's options
+    sens = s.sensitivity_runs(LRS)
+    for r in sens:
+        base = next(m for m in main if m.method == FLAGSHIP and m.seed == r.seed
+                    and m.setting == s.sensitivity_setting)
+        extra = {k: v for k, v in _ovr(r).items() if _ovr(base).get(k) != v}
+        extra.pop("train.eval_every", None)
+        assert extra and all(k.startswith("algorithm.options.") for k in extra)
+    for r in s.variant_runs(LRS):  # an option variant: the main flagship run plus its option
+        base = next(m for m in main if m.method == FLAGSHIP and m.seed == r.seed
+                    and m.setting == r.setting)
+        extra = {k: v for k, v in _ovr(r).items() if _ovr(base).get(k) != v}
+        extra.pop("train.eval_every", None)
+        v = next(v for v in s.variants if v.name == r.study)
+        assert extra == dict(o.split("=", 1) for o in v.overrides)
+    keys = [run_key(r.overrides, r.final_evals) for r in main + sens + s.variant_runs(LRS)]
+    assert len(set(keys)) == len(keys)
+
+
+def test_run_key_ignores_where_a_run_goes_not_what_it_computes():
+    base = ("train.rounds=3", "algorithm.name=fedavg_vpt")
+    k = run_key(base)
+    assert run_key((*base, "runtime.output_dir=/elsewhere", "tracking.enabled=false")) == k
+    assert run_key((*base, "train.eval_every=3")) == run_key((*base, "train.eval_every=7"))
+    assert run_key((*base, "train.lr=0.03")) != k
+    assert run_key((*base, "train.eval_every=1")) != k
+    assert run_key(base, {"S16": {"eval_samples": 16}}) != k
+
+
+@pytest.fixture(scope="module")
+def part4(digits4, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ex") / "dm4"
+    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0), out)
+
+
+def tiny(part4, *extra):
+    return (f"data.partition_dir={part4}", "data.max_train_per_client=32",
+            "data.max_test_per_client=16", "train.rounds=2", "train.fraction=1.0",
+            "algorithm.options.prompt_len=2", *extra)
+
+
+def test_final_metrics_do_not_depend_on_the_eval_schedule(part4):
+    """Why a curve run (eval every round) can stand for a final-only run of the same config."""
+    args = ("algorithm.name=pfedbayespt", "algorithm.options.eval_samples=2")
+    every = run_reference(load_config(None, list(tiny(part4, *args, "train.eval_every=1"))),
+                          log=None)
+    once = run_reference(load_config(None, list(tiny(part4, *args, "train.eval_every=2"))),
+                         log=None)
+    assert len(every) == 2 and len(once) == 1
+    for k in ("acc_mean", "acc_min", "train_loss"):
+        assert every[-1][k] == once[-1][k]
+
+
+def test_final_evals_reevaluate_the_trained_state(part4):
+    cfg = load_config(None, list(tiny(part4, "algorithm.name=pfedbayespt",
+                                      "algorithm.options.eval_samples=2")))
+    h = run_reference(cfg, log=None, final_evals={"same": {"eval_samples": 2},
+                                                  "mean": {"eval_mode": "mean"}})
+    last = h[-1]
+    # the same options again reproduce the run's own evaluation (same noise stream)
+    for k in ("acc_mean", "acc_std", "acc_min", "domain_acc/mnist"):
+        assert last[f"same/{k}"] == pytest.approx(last[k], nan_ok=True)
+    assert 0.0 <= last["mean/acc_mean"] <= 1.0
+
+
+def test_run_store_is_atomic_and_survives_a_corrupt_file(tmp_path):
+    store = RunStore(tmp_path)
+    store.put({"key": "abc", "history": [{"round": 1}]})
+    assert store.get("abc")["history"] == [{"round": 1}]
+    assert not list(store.dir.glob("*.tmp"))
+    store.path("bad").write_text("{not json")
+    assert store.get("bad") is None
+    assert store.path("bad").with_suffix(".corrupt").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_execute_caches_runs_and_reports_failures_without_losing_others(part4, tmp_path,
+                                                                        local_ray):
+    good = RunSpec("main", "dm4", "fedavg_vpt", 0,
+                   tiny(part4, "algorithm.name=fedavg_vpt", "train.eval_every=1"))
+    twin = RunSpec("main", "dm4", "fedavg_vpt", 0, good.overrides)  # the same config
+    store, lines = RunStore(tmp_path), []
+    recs = execute([good, twin], store, log=lines.append)
+    assert "2 runs: 0 from the cache, 1 to run" in lines[0]
+    assert recs[0] is recs[1] and len(recs[0]["history"]) == 2
+    ref = run_reference(load_config(None, list(good.overrides)), log=None)
+    assert recs[0]["history"][-1]["acc_mean"] == ref[-1]["acc_mean"]  # a Ray task = the loop
+    lines.clear()
+    again = execute([good], store, log=lines.append)
+    assert "1 from the cache, 0 to run" in lines[0]
+    assert again[0]["history"] == recs[0]["history"]
+
+    bad = RunSpec("main", "dm4", "pfedbayespt", 0,
+                  tiny(part4, "algorithm.name=pfedbayespt", "algorithm.options.J=-1"))
+    other = RunSpec("main", "dm4", "local", 0, tiny(part4, "algorithm.name=local"))
+    with pytest.raises(RayfedError, match=r"(?s)1 run\(s\) failed.*pfedbayespt.*J=-1"):
+        execute([bad, other], store, log=None)
+    assert store.get(run_key(other.overrides)) is not None  # the good run was kept
+
+
+def _rec(setting, method, seed, acc, stage="main", study="", value="", extra=None):
+    last = {"round": 2, "acc_mean": acc, "acc_std": 0.1, "acc_min": acc - 0.2,
+            "global_acc": acc, "domain_acc/a": acc, "domain_acc/b": acc - 0.1, **(extra or {})}
+    return {"key": f"{setting}{method}{seed}{study}{value}", "stage": stage, "setting": setting,
+            "method": method, "seed": seed, "study": study, "value": value,
+            "overrides": [f"seed={seed}"], "seconds": 1.0,
+            "history": [{**last, "round": 1, "acc_mean": acc / 2}, last]}
+
+
+def test_report_statistics_match_hand_computation(tmp_path):
+    s = paper_suite(quick=False)
+    accs = {m: [0.70 + 0.01 * i + 0.002 * seed for seed in s.seeds]
+            for i, m in enumerate(METHODS)}
+    accs[FLAGSHIP] = [0.80, 0.78, 0.83]
+    accs["pfedpg"] = [0.79, 0.80, 0.81]  # the best baseline (ablations do not count)
+    accs["gaussian_vi"] = [0.95, 0.95, 0.95]
+    variants = {f"{k}/{m}": 0.5 for k in s.sample_evals for m in ("acc_mean", "acc_min")}
+    main = [_rec(st.name, m, seed, accs[m][i], extra=variants)
+            for st in s.settings for m in METHODS for i, seed in enumerate(s.seeds)]
+    rows = setting_rows(s, main, "domain_mix")
+    flag = next(r for r in rows if r["method"] == FLAGSHIP)
+    assert flag["acc_ms"][0] == pytest.approx(np.mean([0.80, 0.78, 0.83]))
+    assert flag["acc_ms"][1] == pytest.approx(np.std([0.80, 0.78, 0.83], ddof=1))
+    d = np.array([0.80, 0.78, 0.83]) - np.array([0.79, 0.80, 0.81])
+    v = verdict(rows)
+    assert "beats the best baseline** (pFedPG)" in v
+    assert f"{d.mean() * 100:+.1f} ± {d.std(ddof=1) * 100:.1f}" in v and "2 of 3 seeds" in v
+    assert "**95.0 ± 0.0**" in headline_table(s, main)  # the best cell is bold, ablation or not
+    assert mean_std([0.5])[0] == 0.5 and math.isnan(mean_std([0.5])[1])  # no spread of one
+
+    sens = [_rec("domain_mix", FLAGSHIP, seed, 0.6, "sensitivity", st.name, label)
+            for st in s.studies for label, _ in st.values[1:] for seed in s.sensitivity_seeds]
+    studies = study_rows(s, main, sens)
+    beta = studies["beta"]
+    assert beta[0]["default"] and beta[0]["n"] == len(s.sensitivity_seeds)
+    assert beta[0]["acc_ms"][0] == pytest.approx(np.mean([0.80, 0.78][: len(
+        s.sensitivity_seeds)]))
+    assert beta[1]["acc_ms"][0] == pytest.approx(0.6)
+    assert [r["value"] for r in studies["S"]] == ["mean_prompt", "S1", "S2", "S4", "S8", "S16"]
+
+    tune = [_rec("domain_mix", m, 100, acc, "tune", value=str(lr))
+            for m in LRS for lr, acc in ((0.01, 0.5), (0.03, 0.7), (0.1, 0.7))]
+    assert set(tuned_lrs(tune).values()) == {0.03}  # a tie goes to the smaller rate
+    info = {"command": "x", "suite_hash": "h", "wall_seconds": 60.0, "invocations": "1",
+            "runs": 3, "run_seconds": 3.0, "machine": "m", "budget": "b", "notes": ""}
+    path = write_report(tmp_path, s, tune, main, sens, tuned_lrs(tune), info)
+    text = path.read_text()
+    for st in s.settings:
+        assert f"curves_{st.name}.png" in text
+        assert (tmp_path / "figures" / f"domains_{st.name}.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "sensitivity_S.png").exists()
+    assert "does not beat" in text or "beats" in text
+
+
+def test_experiment_cli_help_and_unknown_suite(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["experiment", "--help"])
+    assert e.value.code == 0 and "--quick" in capsys.readouterr().out
+    assert cli_main(["experiment", "--suite", "nope", "--no-tracking"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+def test_results_md_is_committed_and_names_its_command():
+    from pathlib import Path
+
+    md = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+    text = md.read_text()
+    assert "rayfed-bpt experiment --suite paper" in text
+    for st in paper_suite().settings:
+        assert f"figures/curves_{st.name}.png" in text
+        assert (md.parent / "figures" / f"curves_{st.name}.png").exists()
