@@ -31,3 +31,14 @@ def digits4_path(data_root):
 @pytest.fixture(scope="session")
 def digits4(digits4_path):
     return load_dataset(digits4_path)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray with 2 CPUs for one test module."""
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import ray
 
 from rayfed_bpt.algorithms.reference import run_reference
 from rayfed_bpt.cli import main as cli_main
@@ -130,14 +129,6 @@ def test_run_store_is_atomic_and_survives_a_corrupt_file(tmp_path):
     store.path("bad").write_text("{not json")
     assert store.get("bad") is None
     assert store.path("bad").with_suffix(".corrupt").exists()
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_execute_caches_runs_and_reports_failures_without_losing_others(part4, tmp_path,

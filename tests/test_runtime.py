@@ -26,14 +26,6 @@ def part4(digits4, tmp_path_factory):
     return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0), out)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def cfg_for(part4, tmp_path, *extra):
     return load_config(None, [
         f"data.partition_dir={part4}", "data.max_train_per_client=64",

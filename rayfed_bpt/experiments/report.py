@@ -207,6 +207,18 @@ def _plt():
     return plt
 
 
+def _save(fig, ax, path: Path, title: str, legend_outside: bool = True) -> None:
+    """The common ending of every figure: title, legend, grid, PNG, close."""
+    ax.set_title(title, fontsize=10 if legend_outside else 9)
+    if legend_outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+
+
 def plot_curves(path: Path, suite: Suite, main: list[dict], setting: str, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -224,12 +236,8 @@ def plot_curves(path: Path, suite: Suite, main: list[dict], setting: str, title:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(f"mean client test accuracy (seed {seed})")
-    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path, title)
 
 
 def plot_domains(path: Path, rows: list[dict], title: str) -> None:
@@ -247,11 +255,7 @@ def plot_domains(path: Path, rows: list[dict], title: str) -> None:
         r["domains"][d][0]))
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     ax.set_ylabel("test accuracy per domain (pooled over clients)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path, title)
 
 
 def plot_study(path: Path, rows: list[dict], title: str) -> None:
@@ -267,12 +271,8 @@ def plot_study(path: Path, rows: list[dict], title: str) -> None:
     ax.set_xticks(xs, [r["value"] + ("*" if r["default"] else "") for r in rows], fontsize=8,
                   rotation=15)
     ax.set_ylabel("test accuracy")
-    ax.set_title(title + "  (* default)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path, title + "  (* default)", legend_outside=False)
 
 
 # ----- the document --------------------------------------------------------------------------
@@ -392,8 +392,4 @@ def plot_headline(path: Path, suite: Suite, main: list[dict]) -> None:
     vals = [per[s][m]["acc_ms"][0] for s in cols for m in per[s]]
     ax.set_ylim(max(0.0, min(vals) - 0.05), min(1.0, max(vals) + 0.03))
     ax.set_ylabel("mean client test accuracy")
-    ax.set_title(f"suite {suite.name}: mean ± std over seeds", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path, f"suite {suite.name}: mean ± std over seeds")
