@@ -112,8 +112,13 @@ def test_final_metrics_do_not_depend_on_the_eval_schedule(part4):
 def test_final_evals_reevaluate_the_trained_state(part4):
     cfg = load_config(None, list(tiny(part4, "algorithm.name=pfedbayespt",
                                       "algorithm.options.eval_samples=2")))
+    seen = []
     h = run_reference(cfg, log=None, final_evals={"same": {"eval_samples": 2},
-                                                  "mean": {"eval_mode": "mean"}})
+                                                  "mean": {"eval_mode": "mean"}},
+                      on_finish=lambda alg, g, personal, clients: seen.append((alg, g)))
+    alg, g = seen[0]  # the trained global state, not the initial one
+    init = alg.init_global()
+    assert g.keys() == init.keys() and any(not (g[k] == init[k]).all() for k in g)
     last = h[-1]
     # the same options again reproduce the run's own evaluation (same noise stream)
     for k in ("acc_mean", "acc_std", "acc_min", "domain_acc/mnist"):

@@ -34,6 +34,7 @@ def run_reference(
     cfg: ExperimentConfig,
     log: Callable[[str], None] | None = print,
     final_evals: dict[str, dict] | None = None,
+    on_finish: Callable[..., None] | None = None,
 ) -> list[dict[str, float]]:
     """Run ``cfg`` in this process; return one metrics dict per evaluated round.
 
@@ -90,6 +91,8 @@ def run_reference(
             ]
             summary = summarize(evals, reader.info.domain_names, alt.has_global_model)
             history[-1].update({f"{name}/{k}": v for k, v in summary.items()})
+    if on_finish is not None:
+        on_finish(alg, global_state, personal, clients)
     return history
 
 
