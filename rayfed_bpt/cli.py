@@ -194,7 +194,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     import os
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from .experiments import run_suite
+    from .runtime.suite_runner import run_suite
 
     cmd = f"rayfed-bpt experiment --suite {args.suite}" + (" --quick" if args.quick else "")
     if args.report_dir:

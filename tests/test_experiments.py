@@ -23,8 +23,9 @@ from rayfed_bpt.experiments.report import (
     verdict,
     write_report,
 )
-from rayfed_bpt.experiments.runner import RunStore, execute
+from rayfed_bpt.experiments.store import RunStore
 from rayfed_bpt.experiments.suite import ABLATIONS, FLAGSHIP, METHODS, RunSpec, run_key
+from rayfed_bpt.runtime.suite_runner import execute
 
 LRS = {m: 0.01 * (i + 1) for i, m in enumerate(METHODS) if m not in ABLATIONS}
 

@@ -1,26 +1,23 @@
-"""Running a suite's runs on Ray: one task per run, results cached on disk, MLflow.
+"""Running an experiment suite on Ray: one task per run, the run cache, MLflow, the report.
 
 A run is the single-process reference loop (bit-identical to the actor runtime,
 which tests check) inside one Ray task with one CPU: on a laptop two runs share
-two cores, on a cluster the runs spread over every node. Each finished run is
-written to ``<out>/runs/<key>.json`` at once, keyed by its resolved config, so
-an interrupted suite resumes where it stopped and identical runs are shared
-between stages. A failed run does not stop the others; the suite reports it
-and keeps what finished.
+two cores, on a cluster the runs spread over every node. Finished runs go to the
+suite's ``RunStore`` at once (``rayfed_bpt.experiments.store``). A failed run
+does not stop the others; the suite reports it and keeps what finished.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import ray
 
 from ..errors import RayfedError
-from .suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
+from ..experiments.store import RunStore, log_run, prepare_partitions
+from ..experiments.suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
 
 
 def _run_remote(overrides: list[str], final_evals: dict) -> dict:
@@ -43,55 +40,6 @@ def _cost(spec: RunSpec) -> float:
                     if o.startswith("data.num_clients=")), 20)
     bayes = spec.method in (FLAGSHIP, *ABLATIONS)
     return clients * (2.0 if bayes else 1.0) * (0.1 if spec.method == "fedavg_linear" else 1.0)
-
-
-def prepare_partitions(specs: list[RunSpec]) -> None:
-    """Write every partition once, here, before parallel runs could race to write one."""
-    from ..algorithms.experiment import resolve_partition
-    from ..config import load_config
-
-    seen = set()
-    for s in specs:
-        cfg = load_config(None, list(s.overrides))
-        ident = (json.dumps(asdict(cfg.data), sort_keys=True), cfg.seed)
-        if ident not in seen:
-            seen.add(ident)
-            resolve_partition(cfg.data, cfg.seed)
-
-
-class RunStore:
-    """Finished runs on disk: ``<out>/runs/<key>.json``, written atomically."""
-
-    def __init__(self, out: Path):
-        self.dir = Path(out) / "runs"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def path(self, key: str) -> Path:
-        return self.dir / f"{key}.json"
-
-    def get(self, key: str) -> dict | None:
-        p = self.path(key)
-        if not p.exists():
-            return None
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError:
-            p.rename(p.with_suffix(".corrupt"))  # kept for a look; the run is redone
-            return None
-
-    def log_invocation(self, wall_seconds: float, computed: int) -> list[dict]:
-        """Append this invocation to ``<out>/invocations.json``; return them all."""
-        path = self.dir.parent / "invocations.json"
-        history = json.loads(path.read_text()) if path.exists() else []
-        history.append({"at": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_seconds": wall_seconds,
-                        "computed": computed})
-        path.write_text(json.dumps(history, indent=1))
-        return history
-
-    def put(self, record: dict) -> None:
-        tmp = self.path(record["key"]).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, self.path(record["key"]))
 
 
 def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: str | None = None,
@@ -144,24 +92,6 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
     return [records[k] for _, k in keyed]
 
 
-def log_run(tracker, rec: dict, parent_run_id: str | None) -> str:
-    """One MLflow child run per suite run: its config, its tags and its metric history."""
-    from ..config import load_config
-
-    cfg = load_config(None, rec["overrides"]).to_dict()
-    name = "/".join(x for x in (rec["stage"], rec["setting"], rec["method"], rec["study"],
-                                rec["value"], f"s{rec['seed']}") if x != "")
-    run_id = tracker.start(name, cfg, parent_run_id=parent_run_id)
-    tracker.client.set_tag(run_id, "run_key", rec["key"])
-    for tag in ("stage", "setting", "method", "seed", "study", "value"):
-        tracker.client.set_tag(run_id, tag, str(rec[tag]))
-    for m in rec["history"]:
-        tracker.log_metrics({k: v for k, v in m.items() if k != "round"}, step=int(m["round"]))
-    tracker.log_metrics({"run_seconds": rec["seconds"]}, step=int(rec["history"][-1]["round"]))
-    tracker.finish()
-    return run_id
-
-
 def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None = None,
               report_dir: str | Path | None = None, address: str | None = None,
               tracking: bool = True, tracking_uri: str | None = None,
@@ -169,10 +99,10 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     """Tune, run and report a suite; return the path of its ``results.md``."""
     import platform
 
-    from ..runtime.launch import init_ray
+    from ..experiments.report import tuned_lrs, write_report
+    from ..experiments.suite import SUITES, config_hash
     from ..tracking import Tracker, resolve_tracking_uri, ui_command
-    from .report import tuned_lrs, write_report
-    from .suite import SUITES, config_hash
+    from .launch import init_ray
 
     if name not in SUITES:
         raise RayfedError(f"unknown suite {name!r}; available: {sorted(SUITES)}")
@@ -188,7 +118,6 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
         child = Tracker(uri, f"rayfed_bpt-{suite.name}", artifact_root=out / "mlartifacts")
         parent_id = parent.start(f"suite {suite.name}", {"command": command, "quick": quick})
     t0 = time.perf_counter()
-    cached_before = len(list(store.dir.glob("*.json")))
     try:
         log(f"stage 1/2: learning-rate tuning on {suite.tune_setting}, seed {suite.tune_seed}")
         tune = execute(suite.tune_runs(), store, child, parent_id, log)
@@ -209,8 +138,7 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     wall = time.perf_counter() - t0
     records = tune + main + sens + variants
     keys = sorted({r["key"] for r in records})
-    computed = len(list(store.dir.glob("*.json"))) - cached_before
-    history = store.log_invocation(wall, computed)
+    history = store.log_invocation(wall, store.written)
     working = [h for h in history if h["computed"] > 0] or history[-1:]
     info = {
         "command": command or f"rayfed-bpt experiment --suite {name}" + (" --quick" * quick),
