@@ -203,6 +203,11 @@ def cmd_experiment(args: argparse.Namespace) -> None:
               address=args.address, tracking=not args.no_tracking, command=cmd)
 
 
+def add_address_arg(parser: argparse.ArgumentParser) -> None:
+    """Every command that starts Ray work can join a cluster instead of starting one."""
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rayfed-bpt",
@@ -219,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML config file")
     run.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                      help="dotted overrides, e.g. algorithm.options.beta=1e-3 train.rounds=20")
-    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    add_address_arg(run)
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted run from its last checkpoint")
     run.add_argument("--no-progress", action="store_true",
@@ -235,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--space", help="search-space YAML (see tune_spaces/)")
     tu.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                     help="dotted overrides of the space's base, e.g. train.rounds=10")
-    tu.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    add_address_arg(tu)
     tu.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
     tu.add_argument("--output-dir", help="where sweeps and the MLflow store go "
                     "(default: runtime.output_dir, ./rayfed_runs)")
@@ -255,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "./rayfed_runs/experiment-<suite>)")
     ex.add_argument("--report-dir", help="where results.md and figures/ go (default: "
                     "<out>/report; the committed results use docs/)")
-    ex.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    add_address_arg(ex)
     ex.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     ex.set_defaults(func=cmd_experiment)
 
