@@ -125,9 +125,14 @@ def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def headline_table(suite: Suite, main: list[dict]) -> str:
-    cols = [s.name for s in suite.settings]
-    per = {s: {r["method"]: r for r in setting_rows(suite, main, s)} for s in cols}
+def rows_by_setting(suite: Suite, main: list[dict]) -> dict[str, dict[str, dict]]:
+    """``setting_rows`` of every setting, by setting then method: computed once per report."""
+    return {s.name: {r["method"]: r for r in setting_rows(suite, main, s.name)}
+            for s in suite.settings}
+
+
+def headline_table(suite: Suite, per: dict[str, dict[str, dict]]) -> str:
+    cols = list(per)
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     best = {s: max(r["acc_ms"][0] for r in per[s].values()) for s in cols if per[s]}
     for m in suite.methods:
@@ -175,9 +180,7 @@ def study_rows(suite: Suite, main: list[dict], sens: list[dict]) -> dict[str, li
         rows.append({"value": name, "default": name == "S8", "n": len(f),
                      "acc_ms": mean_std(x[f"{key}acc_mean"] for x in f),
                      "min_ms": mean_std(x[f"{key}acc_min"] for x in f)})
-    order = {"mean_prompt": -1}
-    rows.sort(key=lambda r: order.get(r["value"], int(r["value"][1:]) if r["value"][1:]
-                                      .isdigit() else 0))
+    rows.sort(key=lambda r: -1 if r["value"] == "mean_prompt" else int(r["value"][1:]))  # S<n>
     out["S"] = rows
     return out
 
@@ -276,13 +279,13 @@ def plot_study(path: Path, rows: list[dict], title: str) -> None:
 
 
 # ----- the document --------------------------------------------------------------------------
-def variant_table(suite: Suite, main: list[dict], variants: list[dict]) -> str:
+def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[dict]) -> str:
     """Each option variant beside the default pFedBayesPT and the best baseline, per setting."""
     lines = ["| setting | pFedBayesPT | mean client acc | min client acc | vs default | "
              "vs best baseline |", "|---|---|---|---|---|---|"]
     for v in suite.variants:
         for setting in v.settings:
-            rows = {r["method"]: r for r in setting_rows(suite, main, setting)}
+            rows = per[setting]
             base = max((r for m, r in rows.items() if m not in (FLAGSHIP, *ABLATIONS)),
                        key=lambda r: r["acc_ms"][0])
             f = [final(r) for r in sorted(variants, key=lambda r: r["seed"])
@@ -305,6 +308,7 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
 
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    per = rows_by_setting(suite, main)
     rel = fig_dir.relative_to(out)
     md = [f"# Experiments: suite `{suite.name}`", ""]
     md += [
@@ -327,15 +331,15 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         "",
         "## Headline: mean client accuracy (%), mean ± std over seeds",
         "",
-        headline_table(suite, main),
+        headline_table(suite, per),
         "",
     ]
     for s in suite.settings:
-        md.append(f"- {verdict(setting_rows(suite, main, s.name))} ({s.name})")
+        md.append(f"- {verdict(list(per[s.name].values()))} ({s.name})")
     md += ["", f"![headline]({rel}/headline.png)", ""]
-    plot_headline(fig_dir / "headline.png", suite, main)
+    plot_headline(fig_dir / "headline.png", suite, per)
     for s in suite.settings:
-        rows = setting_rows(suite, main, s.name)
+        rows = list(per[s.name].values())
         chash = config_hash(sorted({o for r in main if r["setting"] == s.name
                                     for o in r["overrides"] if not o.startswith(
                                         ("algorithm.", "seed=", "train.lr=", "train.eval"))}))
@@ -363,7 +367,7 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         md += ["## pFedBayesPT options beside the default", "",
                *[f"- **{v.name}**: {v.title}" for v in suite.variants], "",
                f"Seeds {', '.join(map(str, suite.seeds))}, otherwise the main table's runs.",
-               "", variant_table(suite, main, list(variants)), ""]
+               "", variant_table(suite, per, list(variants)), ""]
     md += ["## Learning-rate tuning", "",
            f"Final mean client accuracy (%) on setting `{suite.tune_setting}` with partition "
            f"and training seed {suite.tune_seed}, which no table uses (its test examples come "
@@ -376,10 +380,9 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
     return path
 
 
-def plot_headline(path: Path, suite: Suite, main: list[dict]) -> None:
+def plot_headline(path: Path, suite: Suite, per: dict[str, dict[str, dict]]) -> None:
     plt = _plt()
-    cols = [s.name for s in suite.settings]
-    per = {s: {r["method"]: r for r in setting_rows(suite, main, s)} for s in cols}
+    cols = list(per)
     methods = [m for m in suite.methods if any(m in per[s] for s in cols)]
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(13, 4.5))
