@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from rayfed_bpt.algorithms.reference import run_reference
 from rayfed_bpt.config import load_config
+from rayfed_bpt.engine import run_reference
 from rayfed_bpt.experiments import paper_suite
 
 

@@ -9,8 +9,8 @@ import argparse
 import time
 
 from rayfed_bpt.algorithms import list_algorithms
-from rayfed_bpt.algorithms.reference import run_reference
 from rayfed_bpt.config import load_config
+from rayfed_bpt.engine import run_reference
 
 
 def main() -> None:

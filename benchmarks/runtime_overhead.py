@@ -46,7 +46,7 @@ def ray_rss() -> int:
 def overhead() -> None:
     import shutil
 
-    from rayfed_bpt.algorithms.reference import run_reference
+    from rayfed_bpt.engine import run_reference
     from rayfed_bpt.runtime import run_experiment
 
     ov = COMMON + ["data.num_clients=100", "train.clients_per_round=10", "train.rounds=5",

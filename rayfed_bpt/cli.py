@@ -88,10 +88,11 @@ def cmd_data_show(args: argparse.Namespace) -> None:
 
 
 def cmd_backbone_pretrain(args: argparse.Namespace) -> None:
+    from .models.backbone import BUILTIN_WEIGHTS
     from .models.pretrain import pretrain_backbone
 
     r = pretrain_backbone(
-        out=args.out,
+        out=args.out or BUILTIN_WEIGHTS,
         num_images=args.num_images,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -127,12 +128,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.resume:
-        if args.config or args.set:
-            raise ConfigError("--resume continues a run with its own config.yaml; drop "
-                              "--config/--set")
+        if args.config:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --config")
         from .runtime.launch import config_of_run
 
-        cfg = config_of_run(args.resume)
+        cfg = config_of_run(args.resume, args.set or [])
     else:
         cfg = load_config(args.config, args.set or [])  # rejects bad keys before Ray starts
     if args.address:
@@ -142,9 +142,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     data = (f"partition {cfg.data.partition_dir}" if cfg.data.partition_dir else
             f"{cfg.data.partitioner} ({cfg.data.num_clients} clients)")
     print(f"rayfed-bpt run: {cfg.algorithm.name} on {data}, {cfg.train.rounds} rounds, "
-          f"seed {cfg.seed}")
+          f"seed {cfg.seed}", flush=True)
     run_experiment(cfg, resume_dir=args.resume,
-                   show_progress="lines" if args.no_progress else True)
+                   show_progress="lines" if args.no_progress else "auto")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -226,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dotted overrides, e.g. algorithm.options.beta=1e-3 train.rounds=20")
     add_address_arg(run)
     run.add_argument("--resume", metavar="RUN_DIR",
-                     help="continue an interrupted run from its last checkpoint")
+                     help="continue an interrupted run from its last checkpoint (--set may "
+                     "change tracking.* only)")
     run.add_argument("--no-progress", action="store_true",
-                     help="a plain line per round instead of a progress bar (for logs)")
+                     help="a plain line per round instead of a progress bar (the default "
+                     "when stdout is not a terminal)")
     run.set_defaults(func=cmd_run)
 
     tu = sub.add_parser(
@@ -376,9 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pre-train the built-in ViT (rfbpt_vit_digits) on glyphs "
         "rendered from fonts that no federated split uses; seeded.",
     )
-    from .models.backbone import BUILTIN_WEIGHTS
-
-    pt.add_argument("--out", default=str(BUILTIN_WEIGHTS), help="weights file (.safetensors)")
+    pt.add_argument("--out", help="weights file (.safetensors; default: the packaged "
+                    "rayfed_bpt/assets/rfbpt_vit_digits.safetensors)")
     pt.add_argument("--num-images", type=int, default=100_000)
     pt.add_argument("--epochs", type=int, default=40)
     pt.add_argument("--batch-size", type=int, default=512)
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except RayfedError as e:
         print(f"rayfed-bpt: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Unknown keys and bad values are rejected here, before anything starts, with
 a message naming the key and what is allowed. Algorithm options are checked
-against the chosen algorithm's own ``Options`` dataclass.
+against the chosen algorithm's own ``Options`` dataclass where the run is set
+up (``engine.setup.make_algorithm``). No torch here: this is the ground floor.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class TrainConfig:
             raise ConfigError(f"train.clients_per_round must be >= 1, got {self.clients_per_round}")
 
 
+FAULTS = ("driver_exit", "actor_exit", "pause")
+
+
 @dataclass
 class RuntimeConfig:
     """How the run maps onto Ray: actors, resources, timeouts, output."""
@@ -80,10 +84,25 @@ class RuntimeConfig:
     gpu_memory_fraction: float | None = None  # None: = gpus_per_actor (a real cap)
     placement_strategy: str = "SPREAD"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     round_timeout_s: float = 1800.0
-    max_actor_restarts: int = 3
+    max_actor_restarts: int = 3  # times one work unit may be lost to a dying client actor
+    max_driver_restarts: int = 2  # a dead driver actor is recreated from the last checkpoint
+    group_size: int | str = "auto"  # clients per batched pass: auto = 1 on CPU, 8 on a GPU
+    client_cache: int = 1024  # opened client shards (and cached features) kept per actor
     output_dir: str = "rayfed_runs"
     run_name: str | None = None
     checkpoint_every: int = 1
+    # Deterministic fault injection, for tests: "driver_exit@K" (the driver actor dies
+    # after round K's checkpoint), "actor_exit@K" (a client actor dies as it starts its
+    # first work of round K), "pause@K" (the run waits after round K until told to go on).
+    faults: list = field(default_factory=list)
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of whatever trains clients (any pool): one per whole CPU of a
+        client actor. Part of a run's numerics, not only its speed: a float reduction
+        split over 2 threads rounds differently than over 1, so the same config gives
+        the same numbers in every pool only at the same count."""
+        return max(1, int(self.cpus_per_actor))
 
     def __post_init__(self) -> None:
         strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -103,6 +122,17 @@ class RuntimeConfig:
         if self.round_timeout_s <= 0 or self.max_actor_restarts < 0 or self.checkpoint_every < 1:
             raise ConfigError("runtime.round_timeout_s must be > 0, max_actor_restarts >= 0, "
                               "checkpoint_every >= 1")
+        if self.max_driver_restarts < 0 or self.client_cache < 1:
+            raise ConfigError("runtime.max_driver_restarts must be >= 0 and client_cache >= 1")
+        if self.group_size != "auto" and not (isinstance(self.group_size, int)
+                                              and self.group_size >= 1):
+            raise ConfigError(f"runtime.group_size={self.group_size!r}; allowed: auto or an "
+                              "integer >= 1")
+        for f in self.faults:
+            kind, _, at = str(f).partition("@")
+            if kind not in FAULTS or not at.isdigit():
+                raise ConfigError(f"runtime.faults: {f!r}; write KIND@ROUND with KIND one of "
+                                  f"{list(FAULTS)}")
 
 
 @dataclass
@@ -243,10 +273,12 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """The config of ``path`` with dotted ``overrides``, every key and value checked.
+
+    The algorithm's own options are checked where a run is set up (the algorithm's
+    ``Options`` live beside its torch code, and this module stays torch-free so that
+    the ``rayfed-bpt`` entry process answers in well under a second).
+    """
     d = read_yaml(path) if path else {}
     d = apply_overrides(d, list(overrides))
-    cfg = from_dict(ExperimentConfig, d)
-    from .algorithms import algorithm_options  # validate the algorithm's own options now
-
-    algorithm_options(cfg.algorithm.name, cfg.algorithm.options)
-    return cfg
+    return from_dict(ExperimentConfig, d)

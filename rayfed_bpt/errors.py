@@ -15,3 +15,14 @@ class ConfigError(RayfedError, ValueError):
 
 class DataError(RayfedError):
     """A missing, unreadable, corrupt or mismatched data file."""
+
+
+class Interrupted(RayfedError):
+    """A run stopped on purpose (Ctrl-C: exit 130, SIGTERM: 143), its checkpoint kept."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message, exit_code)
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.args[0]

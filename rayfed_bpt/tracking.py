@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import math
 import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from .errors import RayfedError
+from .engine.state import RoundListener, RunState
+from .errors import ConfigError, RayfedError
+
+# A tracking server that is down costs seconds, not MLflow's default minutes of retries.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
@@ -24,6 +32,27 @@ def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail in seconds, before anything starts, when ``uri`` cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # it answers (an auth proxy, an older server): reachable
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(f"the MLflow tracking server {uri} cannot be reached ({reason}). "
+                              "Start it, point tracking.tracking_uri / MLFLOW_TRACKING_URI "
+                              "at one that runs, or set tracking.enabled=false.") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise ConfigError(f"the MLflow store {uri} cannot be written: {existing} is not a "
+                              "writable folder. Set runtime.output_dir or "
+                              "tracking.tracking_uri elsewhere.")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -47,6 +76,9 @@ class Tracker:
     """A thin wrapper over ``MlflowClient`` (no global MLflow state: safe in actors)."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None):
+        if uri.startswith(("http://", "https://")):
+            for k, v in HTTP_ENV.items():
+                os.environ.setdefault(k, v)
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
@@ -107,3 +139,59 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+class MlflowListener(RoundListener):
+    """Logs a run to MLflow after each round, and survives the store going away.
+
+    If logging fails mid-run (a tracking server stopped), training goes on: the
+    run, with every round so far, is re-created in a local SQLite store in the run
+    folder, later rounds go there, and ``note`` tells the person where it is.
+    """
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path,
+                 run_dir: str | Path, params: dict, parent_run_id: str | None,
+                 note: Callable[[str], None]):
+        self.experiment, self.run_dir, self.params = experiment, Path(run_dir), params
+        self.parent_run_id, self.note = parent_run_id, note
+        self.tracker = Tracker(uri, experiment, artifact_root)
+        self.fallback_uri: str | None = None
+
+    def start(self, run_id: str | None) -> str:
+        """Open (or reopen, on resume) this run's MLflow run; its id."""
+        return self.tracker.start(self.run_dir.name, self.params, run_id,
+                                  parent_run_id=self.parent_run_id)
+
+    def on_round(self, state: RunState, metrics: dict) -> None:
+        try:
+            self.tracker.log_metrics(metrics, step=int(metrics["round"]))
+        except Exception as e:  # noqa: BLE001 - any store failure: keep training, keep metrics
+            self._fall_back(state, e)
+
+    def _fall_back(self, state: RunState, error: Exception) -> None:
+        if self.fallback_uri is not None:
+            raise RayfedError(f"the fallback MLflow store {self.fallback_uri} failed too: "
+                              f"{error}") from error
+        lost = self.tracker.uri
+        self.fallback_uri = f"sqlite:///{(self.run_dir / 'mlflow-fallback.db').resolve()}"
+        self.tracker = Tracker(self.fallback_uri, self.experiment,
+                               self.run_dir / "mlartifacts-fallback")
+        self.tracker.start(self.run_dir.name, self.params)
+        for m in state.history:  # every round so far, so nothing is lost in either store
+            self.tracker.log_metrics(m, step=int(m["round"]))
+        self.note(f"the MLflow store {lost} failed at round {state.round} "
+                  f"({str(error).splitlines()[0][:200]}); training goes on, and this run's "
+                  f"metrics (every round) are in {self.fallback_uri}; browse them: "
+                  f"{ui_command(self.fallback_uri)}")
+
+    def log_artifacts(self, folder: str | Path) -> None:
+        try:
+            self.tracker.log_artifacts(folder)
+        except Exception as e:  # noqa: BLE001 - the files stay in the run folder
+            self.note(f"artifacts not logged to {self.tracker.uri} ({e}); they are in {folder}")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        try:
+            self.tracker.finish(status)
+        except Exception:  # noqa: BLE001 - never hide the run's own outcome behind this
+            pass

@@ -100,9 +100,12 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SweepSpace:
     apply_overrides(base, list(overrides))  # dotted overrides on top of base
     sp.base = base
     # Every sampled point must make a valid config: check the corners now.
+    from .algorithms import algorithm_options
+
     for point in _corner_points(sp):
         try:
-            trial_config(sp, point)
+            cfg = trial_config(sp, point)
+            algorithm_options(cfg.algorithm.name, cfg.algorithm.options)
         except ConfigError as e:
             raise ConfigError(f"{path}: a point of the space is not a valid config: {e}") from e
     return sp
@@ -213,7 +216,7 @@ def _trial(point: dict, *, space_path: str, base: dict, raw: dict, partition_dir
     trial_id = tune.get_context().get_trial_id()
     pg = ray.util.get_current_placement_group()
     driver = ray.remote(Driver).options(
-        num_cpus=0, num_gpus=0, max_concurrency=2,
+        num_cpus=0, num_gpus=0, max_concurrency=4,
         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
     ).remote(cfg.to_dict(), partition_dir, str(Path(trials_dir) / trial_id), tracking_uri,
              placement_group=pg, bundle_offset=1, parent_run_id=parent_run_id, paced=True)
@@ -221,14 +224,18 @@ def _trial(point: dict, *, space_path: str, base: dict, raw: dict, partition_dir
     reported = 0
     try:
         while True:
-            ready, _ = ray.wait([done], timeout=0.5)
-            for m in ray.get(driver.round_metrics.remote(reported), timeout=120):
+            # blocks until the driver has a new round (or has finished): no polling
+            watch = driver.round_metrics.remote(reported, 60.0)
+            ready, _ = ray.wait([done, watch], num_returns=1)
+            if done in ready:
+                ray.get(done)  # raises what the run raised
+                for m in ray.get(driver.round_metrics.remote(reported, 0.0), timeout=120):
+                    tune.report({k.replace("/", "."): v for k, v in m.items()})
+                return
+            for m in ray.get(watch):
                 tune.report({k.replace("/", "."): v for k, v in m.items()})
                 reported += 1
                 driver.proceed.remote()  # the scheduler let this trial go on
-            if ready:
-                ray.get(done)  # raises what the run raised
-                return
     finally:
         # Stopped early (or failed): the driver goes, and its client actors with it.
         _close_child_run(driver, tracking_uri)
@@ -291,7 +298,7 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from .algorithms.experiment import resolve_partition
+    from .data.recipe import resolve_partition
     from .runtime.launch import init_ray
     from .tracking import Tracker, resolve_tracking_uri
 

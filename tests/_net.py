@@ -13,3 +13,38 @@ def free_port() -> int:
 def short_tempdir(prefix: str) -> str:
     """Ray's Unix socket paths must stay short: pytest's tmp_path is too long."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def start_mlflow_server(store, env=None):
+    """A real MLflow tracking server on loopback, in its own process group; (proc, uri)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = free_port()
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+        env=env or os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(f"{uri}/health")
+    return proc, uri

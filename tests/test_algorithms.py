@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from rayfed_bpt.algorithms import ClientResult, ClientTask, create_algorithm, list_algorithms
-from rayfed_bpt.algorithms.experiment import load_clients, sample_clients
-from rayfed_bpt.algorithms.reference import main as reference_main
-from rayfed_bpt.algorithms.reference import run_reference
 from rayfed_bpt.config import ExperimentConfig, TrainConfig, from_dict
 from rayfed_bpt.data import PartitionConfig, PartitionReader, write_partition
+from rayfed_bpt.engine import run_reference
+from rayfed_bpt.engine.reference import main as reference_main
+from rayfed_bpt.engine.setup import load_clients, sample_clients
 from rayfed_bpt.models import PromptedViT, create_backbone
 
 ALL = [

@@ -9,14 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from _net import free_port, short_tempdir
+from _net import free_port, short_tempdir, start_mlflow_server
 
 from rayfed_bpt.data import PartitionConfig, write_partition
 
@@ -61,21 +59,10 @@ def test_recipes_parse_and_match_pyproject():
         assert key in (CLUSTER / "README.md").read_text(), key
 
 
-def wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 @pytest.fixture
 def two_node_cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    gcs, dash, mlport = free_port(), free_port(), free_port()
+    gcs, dash = free_port(), free_port()
     temp = short_tempdir("rc")
     ray = str(BIN / "ray")
     procs = []
@@ -89,17 +76,9 @@ def two_node_cluster(tmp_path):
                         "--node-ip-address=127.0.0.1", "--resources",
                         json.dumps({"site_b": 1}), "--disable-usage-stats"],
                        env=env, check=True, capture_output=True, timeout=180)
-        store = tmp_path / "mlflow"
-        store.mkdir()
-        procs.append(subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlport),
-             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True))
-        wait_http(f"http://127.0.0.1:{mlport}/health")
-        yield {"dashboard": f"http://127.0.0.1:{dash}", "mlflow": f"http://127.0.0.1:{mlport}",
-               "env": env}
+        server, mlflow_uri = start_mlflow_server(tmp_path / "mlflow", env)
+        procs.append(server)
+        yield {"dashboard": f"http://127.0.0.1:{dash}", "mlflow": mlflow_uri, "env": env}
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         for p in procs:

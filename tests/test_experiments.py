@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from rayfed_bpt.algorithms.reference import run_reference
 from rayfed_bpt.cli import main as cli_main
 from rayfed_bpt.config import load_config
 from rayfed_bpt.data import PartitionConfig, write_partition
+from rayfed_bpt.engine import run_reference
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.experiments import paper_suite
 from rayfed_bpt.experiments.report import (

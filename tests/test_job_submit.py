@@ -63,4 +63,4 @@ def test_job_submit_runs_and_logs_to_mlflow(ray_head, digits4, tmp_path):
     [run] = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "job1"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "acc_mean")] == [1, 2]
-    assert (out / "job1" / "checkpoint.pt").exists()
+    assert (out / "job1" / "checkpoint.safetensors").exists()

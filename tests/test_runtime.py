@@ -1,23 +1,17 @@
 """The Ray runtime on a real local Ray: equivalence with the reference loop, MLflow,
-fractional-GPU packing, checkpoints and actor faults."""
+fractional-GPU packing. (Faults: test_faults.py.)"""
 
 from __future__ import annotations
-
-import os
-import signal
-import threading
-import time
 
 import pytest
 import ray
 
-from rayfed_bpt.algorithms.reference import run_reference
 from rayfed_bpt.config import load_config
 from rayfed_bpt.data import PartitionConfig, write_partition
+from rayfed_bpt.engine import run_reference
 from rayfed_bpt.runtime import run_experiment
-from rayfed_bpt.runtime.checkpoint import load_checkpoint
 
-SKIP = {"round_seconds", "comm_bytes_down", "comm_bytes_up"}
+SKIP = {"round_seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +29,14 @@ def cfg_for(part4, tmp_path, *extra):
 
 
 def strip(history):
-    return [{k: v for k, v in m.items() if k not in SKIP} for m in history]
+    """Every metric but the timings; NaN (no global model) made comparable."""
+    return [{k: "nan" if v != v else v for k, v in m.items() if k not in SKIP}
+            for m in history]
 
 
 def assert_same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(strip(a), strip(b)):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert x[k] == pytest.approx(y[k], abs=1e-6, nan_ok=True), k
+    """Bit-identical: the same engine and the same thread count in every pool."""
+    assert strip(a) == strip(b)
 
 
 @pytest.mark.parametrize("num_actors", [1, 3])
@@ -108,40 +101,3 @@ def test_gpu_request_without_gpus_is_an_error_not_a_hang(part4, tmp_path, local_
     cfg = cfg_for(part4, tmp_path, "runtime.gpus_per_actor=0.5")
     with pytest.raises(Exception, match="has no GPU"):
         run_experiment(cfg, show_progress=False, log=None)
-
-
-def _client_actor_pids(method: str | None = None) -> list[int]:
-    import psutil
-
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if cmd.startswith("ray::ClientActor") and (method is None or method in cmd):
-            out.append(p.info["pid"])
-    return out
-
-
-def test_actor_killed_mid_round_is_recovered_with_identical_results(part4, tmp_path,
-                                                                    local_ray):
-    cfg = cfg_for(part4, tmp_path, "runtime.num_actors=2", "train.rounds=3",
-                  "data.max_train_per_client=96")
-    killed = []
-
-    def killer():
-        deadline = time.time() + 240
-        while time.time() < deadline and not killed:
-            ckpt = load_checkpoint(next(iter(tmp_path.glob("*-pfedbayespt-*")), tmp_path))
-            if ckpt is not None and ckpt["round"] >= 1:  # round 2 is under way
-                pids = _client_actor_pids("train")
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-            time.sleep(0.05)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    s = run_experiment(cfg, show_progress=False, log=None)
-    t.join(timeout=1)
-    assert killed, "the test never caught an actor training"
-    assert all(a["pid"] not in killed for a in s["actors"])  # a new process took over
-    assert_same(s["history"], run_reference(cfg, log=None))

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DataError
-from .arrow_io import read_table, sha256_file, write_json, write_table
+from .arrow_io import match_umask, read_table, sha256_file, write_json, write_table
 from .dataset import Dataset
 from .partition import PartitionConfig, partition_indices
 from .schema import SCHEMA_VERSION, DatasetInfo, check_schema_version, images_view
@@ -67,6 +67,7 @@ def write_partition(
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    match_umask(tmp_dir, directory=True)
     try:
         labels, domains = dataset.labels, dataset.domains
         clients = []
@@ -197,22 +198,33 @@ class PartitionReader:
             )
         return self._clients[client_id]
 
+    def check_shard(self, client_id: int) -> None:
+        """The shard exists and matches its manifest hash, or a DataError saying what to do."""
+        e = self.entry(client_id)
+        path = self.root / e["file"]
+        if not path.exists():
+            raise DataError(
+                f"shard {path} listed in the manifest is missing; re-run "
+                "`rayfed-bpt data partition --overwrite`."
+            )
+        actual = sha256_file(path)
+        if actual != e["sha256"]:
+            raise DataError(
+                f"shard {path} does not match its manifest hash (expected {e['sha256'][:12]}"
+                f"..., found {actual[:12]}...): it changed after the partition was written. "
+                "Re-run `rayfed-bpt data partition --overwrite`."
+            )
+
+    def verify_all(self) -> None:
+        """Check every shard's hash (once per run, before any client actor opens one)."""
+        for k in self.client_ids:
+            self.check_shard(k)
+
     def load(self, client_id: int) -> ClientShard:
         e = self.entry(client_id)
         path = self.root / e["file"]
         if self.verify:
-            if not path.exists():
-                raise DataError(
-                    f"shard {path} listed in the manifest is missing; re-run "
-                    "`rayfed-bpt data partition --overwrite`."
-                )
-            actual = sha256_file(path)
-            if actual != e["sha256"]:
-                raise DataError(
-                    f"shard {path} does not match its manifest hash (expected {e['sha256'][:12]}"
-                    f"..., found {actual[:12]}...): it changed after the partition was written. "
-                    "Re-run `rayfed-bpt data partition --overwrite`."
-                )
+            self.check_shard(client_id)
         table, info = read_table(path, "shard")
         if info.class_names != self.info.class_names or info.domain_names != self.info.domain_names:
             raise DataError(f"shard {path} belongs to another dataset than its manifest says")

@@ -18,8 +18,8 @@ from .suite import RunSpec
 
 def prepare_partitions(specs: list[RunSpec]) -> None:
     """Write every partition once, here, before parallel runs could race to write one."""
-    from ..algorithms.experiment import resolve_partition
     from ..config import load_config
+    from ..data.recipe import resolve_partition
 
     seen = set()
     for s in specs:

@@ -1,311 +1,290 @@
-"""The driver actor: owns the global state and runs the rounds.
+"""The driver actor: the round engine over the Ray actor pool, with MLflow and checkpoints.
 
-Per round: sample clients, ``ray.put`` the global state once, let each client
-actor train its sampled clients, collect the small updates, aggregate through
-the algorithm interface, evaluate every client on its own test split, log to
-MLflow and checkpoint. Every wait has a timeout. A client actor that dies is
-restarted by Ray (or recreated here), given its clients' personal state from
-the last round, and its work for the round is redone; a failure that cannot
-be recovered stops the run with a message naming the actor and its clients.
+It sets the run up when it is created, in the order that overlaps best: first
+the client actors' placement group and the actors (which then load torch and
+the backbone in their own processes), then its own heavy imports and the
+algorithm (whose options are checked here, before any file is written), then
+the MLflow store in a thread while the actors finish starting. ``run`` lets the
+engine run the rounds. After each round, in this order: checkpoint, MLflow, progress for the entry
+process, injected faults (tests), and on Tune the wait for the
+scheduler's go-ahead. Progress is pushed to whoever waits on it (a blocking
+call, not a poll).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 from pathlib import Path
 
 import ray
-import torch
-from ray.exceptions import (
-    ActorDiedError,
-    ActorUnavailableError,
-    GetTimeoutError,
-    RayActorError,
-    RayTaskError,
-)
 
-from ..algorithms.base import ClientResult, State
-from ..algorithms.evaluation import summarize, train_loss
-from ..algorithms.experiment import load_backbone, make_algorithm, sample_clients
 from ..config import ExperimentConfig, from_dict
 from ..data import PartitionReader
+from ..engine.state import RoundListener, RunState
 from ..errors import RayfedError
-from .checkpoint import load_checkpoint, save_checkpoint
-from .client_actor import ClientActor
-from .resources import actor_options, assign_clients, make_placement_group, plan_actors
-
-ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
-STARTUP_TIMEOUT_S = 600.0
-
-
-def state_bytes(state: State) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())
+from . import faults
+from .actor_pool import STARTUP_TIMEOUT_S, RayActorPool
+from .resources import make_placement_group, plan_actors, process_started_at
 
 
 class Driver:
     def __init__(self, cfg: dict, partition_dir: str, run_dir: str, tracking_uri: str | None,
                  resume: bool = False, placement_group=None, bundle_offset: int = 0,
-                 parent_run_id: str | None = None, paced: bool = False):
+                 parent_run_id: str | None = None, paced: bool = False,
+                 mlflow_run_id: str | None = None):
+        # wall-clock marks of the start-up, for the README's "before round 1" breakdown
+        self.timeline = {"driver_process": process_started_at(), "driver_init": time.time()}
         self.cfg_dict = cfg
         self.cfg = from_dict(ExperimentConfig, cfg)
         self.partition_dir = partition_dir
         self.run_dir = Path(run_dir)
         self.tracking_uri = tracking_uri
-        self.resume = resume
         self.pg = placement_group
         self.own_pg = placement_group is None
         self.bundle_offset = bundle_offset
-        self._lock = threading.Lock()
-        self._progress = {"round": 0, "rounds": self.cfg.train.rounds, "status": "starting",
-                          "metrics": {}}
-        self.actors: list = []
-        self.actor_clients: list[list[int]] = []
-        self.actor_infos: list[dict] = []
-        self.tracker = None
         self.parent_run_id = parent_run_id
-        self.rounds_log: list[dict] = []  # every round's metrics, for Tune's reports
-        # paced: wait for proceed() after each round, so a scheduler's decision to stop
-        # the trial lands before the next round starts, not after the run is over
-        self.paced = paced
+        self.paced = paced  # Tune: wait for proceed() after each round
         self._go = threading.Semaphore(0)
-        self.run_id: str | None = None
+        self._cond = threading.Condition()
+        self._progress = {"version": 0, "round": 0, "rounds": self.cfg.train.rounds,
+                          "status": "starting", "metrics": {}, "notes": [],
+                          "mlflow_run_id": mlflow_run_id}
+        self.rounds_log: list[dict] = []
+        self.tracker = None
+        self.pool: RayActorPool | None = None
+        self.state = None
+        self._tracking = None
+        self._setup_error: BaseException | None = None
+        try:
+            self._setup(partition_dir, resume, mlflow_run_id)
+        except Exception as e:  # noqa: BLE001 - an actor dying in __init__ loses the error's
+            self._setup_error = e  # type; ready() raises it as a plain task error instead
+            self._release()
+        self.timeline["driver_ready"] = time.time()
 
-    # ----- progress, for the entry point's bar (a second thread of this actor) ------------
-    def progress(self) -> dict:
-        with self._lock:
-            return dict(self._progress)
+    def _setup(self, partition_dir: str, resume: bool, mlflow_run_id: str | None) -> None:
+        self.reader = PartitionReader(partition_dir, verify=False)
+        # 1. client actors first: they start while this actor loads torch below
+        self.pool = self._start_pool()
+        # 2. the run's setup: a bad option or checkpoint fails here, before any file
+        import torch
 
-    def _set_progress(self, **kw) -> None:
-        with self._lock:
+        from ..engine.checkpoint import load_checkpoint
+        from ..engine.setup import load_backbone, make_algorithm
+
+        torch.set_num_threads(self.cfg.runtime.threads)  # server math, as in every pool
+        self.alg = make_algorithm(self.cfg, load_backbone(self.cfg), self.reader)
+        found = load_checkpoint(self.run_dir) if resume else None
+        self.state = found[0] if found else None
+        if self.state is not None:
+            self._progress["round"] = self.state.round
+            self._progress["mlflow_run_id"] = self.state.mlflow_run_id or mlflow_run_id
+        # 3. the MLflow store (import, schema) in a thread, while the actors still start
+        self._tracking = _Background(self._open_tracking) if self.tracking_uri else None
+
+    def ready(self) -> dict:
+        """The run is set up (or the reason it could not be); where it starts."""
+        if self._setup_error is not None:
+            raise self._setup_error
+        return {"start_round": self._progress["round"]}
+
+    # ----- progress, read by the entry process and Tune (other threads of this actor) ------
+    def _update(self, **kw) -> None:
+        with self._cond:
             self._progress.update(kw)
+            self._progress["version"] += 1
+            self._cond.notify_all()
 
-    def actor_info(self) -> list[dict]:
-        return list(self.actor_infos)
+    def note(self, text: str) -> None:
+        """A message for the person running this (printed by the entry process)."""
+        with self._cond:
+            notes = self._progress["notes"] + [text]
+        self._update(notes=notes)
+
+    def wait_progress(self, version: int, timeout: float = 60.0) -> dict:
+        """The progress as soon as it is newer than ``version`` (or after ``timeout``)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._progress["version"] > version, timeout)
+            return json.loads(json.dumps(self._progress))
+
+    def round_metrics(self, since: int = 0, timeout: float = 60.0) -> list[dict]:
+        """Every round's metrics after the first ``since``, as soon as there are any."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.rounds_log) > since
+                                or self._progress["status"] in ("finished", "failed"), timeout)
+            return [dict(m) for m in self.rounds_log[since:]]
 
     def proceed(self) -> None:
         """Paced runs: let the next round start."""
         self._go.release()
 
     def mlflow_run_id(self) -> str | None:
-        return self.run_id
+        return self._progress["mlflow_run_id"]
 
-    def round_metrics(self, since: int = 0) -> list[dict]:
-        """The metrics of every round after the first ``since`` (none are missed)."""
-        with self._lock:
-            return [dict(m) for m in self.rounds_log[since:]]
-
-    # ----- actors -------------------------------------------------------------------------
-    def _new_actor(self, i: int):
-        opts = actor_options(self.plan, self.pg, self.bundle_offset + i,
-                             self.cfg.runtime.max_actor_restarts)
-        return ray.remote(ClientActor).options(**opts).remote(
-            self.cfg_dict, self.partition_dir, self.actor_clients[i], i, self.plan.threads,
-            self.plan.gpu_memory_fraction)
-
-    def _start_actors(self, num_clients: int) -> None:
-        resources = ray.cluster_resources()
-        if self.pg is not None:  # a trial's reserved bundles (Tune): plan within them
-            bundles = self.pg.bundle_specs[self.bundle_offset:]
-            resources = {r: sum(b.get(r, 0) for b in bundles) for r in ("CPU", "GPU")}
-        self.plan = plan_actors(self.cfg.runtime, num_clients, resources)
-        if self.own_pg:
-            self.pg = make_placement_group(self.plan, self.cfg.runtime.placement_strategy,
-                                           STARTUP_TIMEOUT_S)
-        self.actor_clients = assign_clients(num_clients, self.plan.num_actors)
-        self.actors = [self._new_actor(i) for i in range(self.plan.num_actors)]
-        try:
-            self.actor_infos = ray.get([a.info.remote() for a in self.actors],
-                                       timeout=STARTUP_TIMEOUT_S)
-        except GetTimeoutError as e:
-            raise RayfedError(f"client actors did not start within {STARTUP_TIMEOUT_S:.0f}s "
-                              f"(each asks for {self.plan.bundle()}); the cluster has "
-                              f"{ray.available_resources()}.") from e
-        except RayTaskError as e:
-            raise RayfedError(f"a client actor failed to start: {e.cause}") from e
-
-    def _recover(self, i: int, why: Exception) -> None:
-        """Bring actor ``i`` back (Ray's restart, or a fresh one) with its clients' state."""
-        try:
-            ray.get(self.actors[i].info.remote(), timeout=STARTUP_TIMEOUT_S)
-        except (ActorDiedError, RayActorError, GetTimeoutError):
-            ray.kill(self.actors[i], no_restart=True)
-            self.actors[i] = self._new_actor(i)  # restarts exhausted: a new actor
-            self.actor_infos[i] = ray.get(self.actors[i].info.remote(), timeout=STARTUP_TIMEOUT_S)
-        else:
-            self.actor_infos[i] = ray.get(self.actors[i].info.remote(), timeout=60)
-        ray.get(self.actors[i].set_personal.remote(
-            {k: self.personal[k] for k in self.actor_clients[i]}), timeout=STARTUP_TIMEOUT_S)
-
-    def _gather(self, method: str, args: dict[int, tuple], what: str, round: int
-                ) -> dict[int, object]:
-        """Call ``method(*args[i])`` on each actor ``i``; redo an actor's call after it dies."""
-        timeout = self.cfg.runtime.round_timeout_s
-
-        def call(i: int):
-            return getattr(self.actors[i], method).remote(*args[i])
-
-        pending = {call(i): i for i in args}
-        failures = {i: 0 for i in args}
-        out: dict[int, object] = {}
-        deadline = time.monotonic() + timeout
-        while pending:
-            left = deadline - time.monotonic()
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(left, 0))
-            if not ready:
-                slow = sorted(pending.values())
-                raise RayfedError(
-                    f"round {round + 1}: {what} on client actor(s) {slow} (clients "
-                    f"{[self.actor_clients[i] for i in slow]}) did not finish within "
-                    f"{timeout:.0f}s (runtime.round_timeout_s). Raise the timeout, or check "
-                    "the actors' logs (`ray logs` / the dashboard).")
-            ref = ready[0]
-            i = pending.pop(ref)
-            try:
-                out[i] = ray.get(ref, timeout=60)
-            except ACTOR_ERRORS as e:
-                failures[i] += 1
-                if failures[i] > self.cfg.runtime.max_actor_restarts:
-                    raise RayfedError(
-                        f"round {round + 1}: client actor {i} (clients {self.actor_clients[i]}) "
-                        f"died {failures[i]} times during {what}; last error: {e}. The last "
-                        f"checkpoint in {self.run_dir} is intact: fix the cause and resume "
-                        f"with `rayfed-bpt run --resume {self.run_dir}`.") from e
-                self._recover(i, e)
-                pending[call(i)] = i  # redo this actor's work for the round
-            except RayTaskError as e:
-                raise RayfedError(
-                    f"round {round + 1}: {what} failed on client actor {i} (clients "
-                    f"{self.actor_clients[i]}): {e.cause!r}. The last checkpoint in "
-                    f"{self.run_dir} is intact.") from e
-        return out
-
-    def _stop_actors(self) -> None:
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        if self.own_pg and self.pg is not None:
-            ray.util.remove_placement_group(self.pg)
-            self.pg = None
-
-    # ----- the rounds -----------------------------------------------------------------------
+    # ----- the run --------------------------------------------------------------------------
     def run(self) -> dict:
+        self.ready()
         try:
             return self._run()
         except BaseException:
             if self.tracker is not None:
                 self.tracker.finish("FAILED")
-            self._set_progress(status="failed")
+            self._update(status="failed")
             raise
         finally:
-            self._stop_actors()
+            self._release()
+
+    def _release(self) -> None:
+        """Client actors and their placement group go (a failed setup, or the run's end)."""
+        if self.pool is not None:
+            self.pool.close()
+        if self.own_pg and self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
+            self.pg = None
+
+    def _open_tracking(self):
+        from ..tracking import MlflowListener
+
+        return MlflowListener(self.tracking_uri, self.cfg.tracking.experiment,
+                              Path(self.cfg.runtime.output_dir).resolve() / "mlartifacts",
+                              self.run_dir, self.cfg_dict, self.parent_run_id, self.note)
+
+    def _start_pool(self) -> RayActorPool:
+        resources = ray.cluster_resources()
+        if not self.own_pg:  # a trial's reserved bundles (Tune): plan within them
+            bundles = self.pg.bundle_specs[self.bundle_offset:]
+            resources = {r: sum(b.get(r, 0) for b in bundles) for r in ("CPU", "GPU")}
+        plan = plan_actors(self.cfg.runtime, self.reader.num_clients, resources)
+        if self.own_pg:
+            name = "rayfed-bpt-" + hashlib.sha1(str(self.run_dir).encode()).hexdigest()[:16]
+            self.pg = make_placement_group(plan, self.cfg.runtime.placement_strategy,
+                                           STARTUP_TIMEOUT_S, name)
+        cap = self.cfg.data.max_train_per_client
+        sizes = {k: min(self.reader.entry(k)["num_train"], cap or 1 << 62)
+                 for k in self.reader.client_ids}
+        return RayActorPool(self.cfg, self.partition_dir, sizes, plan, self.pg,
+                            self.bundle_offset, str(self.run_dir))
 
     def _run(self) -> dict:
+        from ..engine.checkpoint import CheckpointWriter
+        from ..engine.loop import Engine, evaluated
+
         cfg = self.cfg
-        reader = PartitionReader(self.partition_dir)
-        info = reader.info
-        self.alg = make_algorithm(cfg, load_backbone(cfg), reader)
-        global_state = self.alg.init_global()
-        self.personal = {k: self.alg.init_personal(k) for k in reader.client_ids}
-        history: list[dict] = []
-        start = 0
-        run_id = None
-        ckpt = load_checkpoint(self.run_dir) if self.resume else None
-        if ckpt is not None:
-            global_state, self.personal = ckpt["global_state"], ckpt["personal"]
-            history, start, run_id = ckpt["history"], ckpt["round"], ckpt.get("mlflow_run_id")
-            torch.set_rng_state(ckpt["torch_rng"])
-        self._set_progress(status="starting actors", round=start)
-        t_actors = time.perf_counter()
-        self._start_actors(reader.num_clients)
-        actors_seconds = time.perf_counter() - t_actors
-        actors_ready_at = time.time()
-        if ckpt is not None:
-            ray.get([a.set_personal.remote({k: self.personal[k] for k in ids})
-                     for a, ids in zip(self.actors, self.actor_clients)],
-                    timeout=STARTUP_TIMEOUT_S)
-        if self.tracking_uri:
-            from ..tracking import Tracker
-
-            self.tracker = Tracker(self.tracking_uri, cfg.tracking.experiment,
-                                   Path(cfg.runtime.output_dir).resolve() / "mlartifacts")
-            run_id = self.tracker.start(self.run_dir.name, self.cfg_dict, run_id,
-                                        parent_run_id=self.parent_run_id)
-            self.run_id = run_id
-        owner = {k: i for i, ids in enumerate(self.actor_clients) for k in ids}
-        last_evals = []
-        round_seconds = []
-        for r in range(start, cfg.train.rounds):
-            t0 = time.perf_counter()
-            self._set_progress(status="training", round=r)
-            sampled = sample_clients(reader.num_clients, cfg.train, cfg.seed, r)
-            groups: dict[int, list[int]] = {}
-            for k in sampled:
-                groups.setdefault(owner[k], []).append(k)
-            gref = ray.put(global_state)
-            out = self._gather("train", {i: (gref, groups[i], r) for i in groups}, "training", r)
-            results: list[ClientResult] = sorted((x for v in out.values() for x in v),
-                                                 key=lambda x: x.client_id)
-            for res in results:
-                self.personal[res.client_id] = res.personal
-            down = state_bytes(global_state) * len(groups)
-            global_state = self.alg.aggregate(global_state, results, r)
-            m = {"round": r + 1, "train_loss": train_loss(results)}
-            if (r + 1) % cfg.train.eval_every == 0 or r + 1 == cfg.train.rounds:
-                self._set_progress(status="evaluating")
-                eref = ray.put(global_state)
-                evals = self._gather("evaluate", {i: (eref, r) for i in range(len(self.actors))},
-                                     "evaluation", r)
-                last_evals = sorted((e for v in evals.values() for e in v),
-                                    key=lambda e: e.client_id)
-                m.update(summarize(last_evals, info.domain_names, self.alg.has_global_model))
-            m["round_seconds"] = time.perf_counter() - t0
-            round_seconds.append(m["round_seconds"])
-            m["comm_bytes_down"] = float(down)
-            m["comm_bytes_up"] = float(sum(state_bytes(x.update) for x in results))
-            if "acc_mean" in m:
-                history.append(m)
-            if self.tracker:
-                self.tracker.log_metrics(m, step=r + 1)
-            if (r + 1) % cfg.runtime.checkpoint_every == 0 or r + 1 == cfg.train.rounds:
-                save_checkpoint(self.run_dir, {
-                    "round": r + 1, "global_state": global_state, "personal": self.personal,
-                    "history": history, "torch_rng": torch.get_rng_state(),
-                    "mlflow_run_id": run_id, "config": self.cfg_dict})
-            self._set_progress(round=r + 1, metrics=m, status="running")
-            with self._lock:
-                self.rounds_log.append(dict(m))
-            if self.paced and r + 1 < cfg.train.rounds and not self._go.acquire(
-                    timeout=cfg.runtime.round_timeout_s):
-                raise RayfedError(f"round {r + 1}: nobody asked for the next round within "
-                                  f"{cfg.runtime.round_timeout_s:.0f}s (paced run)")
-        memory = ray.get([a.memory.remote() for a in self.actors], timeout=600)
-        if last_evals or history:
-            self._write_artifacts(history, last_evals, reader)
-        if self.tracker:
+        self._update(status="starting actors")
+        self.pool.wait_ready()
+        actors_ready_at = self.timeline["actors_ready"] = time.time()
+        listeners: list[RoundListener] = [CheckpointWriter(self.run_dir, self.cfg_dict,
+                                                           cfg.runtime.checkpoint_every,
+                                                           cfg.train.rounds)]
+        if self._tracking is not None:
+            self.tracker = self._tracking.result()
+            listeners.append(self.tracker)
+        listeners += [_Progress(self), _Faults(cfg.runtime.faults, self.run_dir)]
+        if self.paced:
+            listeners.append(_Pace(self._go, cfg.train.rounds, cfg.runtime.round_timeout_s))
+        engine = Engine(cfg, self.alg, self.pool, self.reader.client_ids,
+                        self.reader.info.domain_names, listeners)
+        state = self.state or engine.initial_state()
+        if self.tracker is not None:
+            state.mlflow_run_id = self.tracker.start(
+                state.mlflow_run_id or self._progress["mlflow_run_id"])
+            self._update(mlflow_run_id=state.mlflow_run_id)
+        self.timeline["tracking_ready"] = time.time()
+        self._update(status="training", round=state.round)
+        state = engine.run(state)
+        self.timeline["rounds_done"] = time.time()
+        memory = self.pool.memory()
+        infos = self.pool.infos()
+        self._write_artifacts(state, engine, infos)
+        if self.tracker is not None:
             self.tracker.finish("FINISHED")
-        self._set_progress(status="finished")
-        return {"history": history, "run_dir": str(self.run_dir), "mlflow_run_id": run_id,
-                "tracking_uri": self.tracking_uri, "actors": self.actor_infos,
-                "actor_memory": memory, "actors_start_seconds": actors_seconds,
+        self._update(status="finished")
+        return {"history": evaluated(state.history), "run_dir": str(self.run_dir),
+                "mlflow_run_id": state.mlflow_run_id, "tracking_uri": self.tracking_uri,
+                "actors": infos, "actor_memory": memory, "actors_replaced": self.pool.replaced,
+                "actors_start_seconds": actors_ready_at - self.timeline["driver_init"],
                 "actors_ready_at": actors_ready_at,
-                "round_seconds": round_seconds}
+                "round_seconds": [m["round_seconds"] for m in state.history],
+                "notes": self._progress["notes"], "timeline": self.timeline}
 
-    def _write_artifacts(self, history, evals, reader) -> None:
+    def _write_artifacts(self, state: RunState, engine, infos: list[dict]) -> None:
+        from ..engine.loop import evaluated
+        from ..engine.setup import train_sizes
         from ..reporting import plot_domains, plot_history, write_client_csv, write_config
 
         out = self.run_dir / "results"
         out.mkdir(parents=True, exist_ok=True)
         name = self.cfg.algorithm.name
-        if evals:
-            num_train = {k: reader.entry(k)["num_train"] for k in reader.client_ids}
-            write_client_csv(out / "clients.csv", evals, reader.info.domain_names, num_train)
+        history = evaluated(state.history)
+        if engine.last_evals:
+            write_client_csv(out / "clients.csv", engine.last_evals,
+                             self.reader.info.domain_names, train_sizes(self.reader, self.cfg))
         if history:
             plot_history(out / "accuracy_vs_round.png", history, f"{name}: test accuracy")
             plot_domains(out / "domain_accuracy.png", history[-1],
                          f"{name}: per-domain accuracy, round {history[-1]['round']}")
         write_config(out / "config.yaml", self.cfg_dict)
-        # where each client actor ran (node, GPU share, clients): for a person and for tests
-        (out / "actors.json").write_text(json.dumps(self.actor_infos, indent=1))
-        if self.tracker:
+        # where each client actor ran and which clients it trained: for a person and tests
+        (out / "actors.json").write_text(json.dumps(infos, indent=1))
+        if self.tracker is not None:
             self.tracker.log_artifacts(out)
+
+
+class _Background:
+    """A call run in a thread; ``result()`` waits for it and re-raises its error."""
+
+    def __init__(self, fn):
+        self._out: list = []
+        self._thread = threading.Thread(target=self._call, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _call(self, fn) -> None:
+        try:
+            self._out.append((fn(), None))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+            self._out.append((None, e))
+
+    def result(self):
+        self._thread.join()
+        value, error = self._out[0]
+        if error is not None:
+            raise error
+        return value
+
+
+class _Progress(RoundListener):
+    def __init__(self, driver: Driver):
+        self.driver = driver
+
+    def on_round(self, state: RunState, metrics: dict) -> None:
+        self.driver.timeline.setdefault("first_round_done", time.time())
+        with self.driver._cond:
+            self.driver.rounds_log.append(dict(metrics))
+        self.driver._update(round=state.round, metrics=metrics)
+
+
+class _Faults(RoundListener):
+    def __init__(self, specs: list[str], run_dir: Path):
+        self.specs, self.run_dir = specs, run_dir
+
+    def on_round(self, state: RunState, metrics: dict) -> None:
+        if faults.due(self.specs, self.run_dir, "driver_exit", state.round):
+            faults.exit_now()
+        if faults.due(self.specs, self.run_dir, "pause", state.round):
+            faults.pause(self.run_dir, state.round)
+
+
+class _Pace(RoundListener):
+    """Tune: after each round wait for the trial's go-ahead, so that a scheduler's decision
+    to stop the trial lands before the next round starts, not after the run is over."""
+
+    def __init__(self, go: threading.Semaphore, rounds: int, timeout_s: float):
+        self.go, self.rounds, self.timeout_s = go, rounds, timeout_s
+
+    def on_round(self, state: RunState, metrics: dict) -> None:
+        if state.round < self.rounds and not self.go.acquire(timeout=self.timeout_s):
+            raise RayfedError(f"round {state.round}: nobody asked for the next round within "
+                              f"{self.timeout_s:.0f}s (paced run)")

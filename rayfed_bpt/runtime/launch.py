@@ -1,131 +1,231 @@
-"""The entry point's side of a run: Ray, the run folder, the driver actor, progress.
+"""The entry process of a run: checks, Ray, the driver actor, progress, stops.
 
 ``run_experiment`` is what ``rayfed-bpt run`` calls, locally or under
-``ray job submit``: it resolves the data and the tracking store, starts (or
-joins) Ray, creates the driver actor, shows a progress bar while the driver
-works, and returns its summary.
+``ray job submit``. It stays light (no torch, no model): it checks everything it
+can before Ray starts — output folder, partition and shard hashes, the
+checkpoint of a ``--resume``, the tracking store — then starts (or joins) Ray,
+creates the driver actor (which checks the algorithm's options) and only then
+the run folder. While the driver runs the rounds it waits on the driver's
+progress (blocking calls, no polling), recreates a driver that died from the
+last checkpoint, and turns Ctrl-C or SIGTERM into a clean stop: actors gone,
+MLflow run KILLED, checkpoint kept, the resume command printed.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import ray
 import yaml
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
-from ..algorithms.experiment import resolve_partition
 from ..config import ExperimentConfig, from_dict
-from ..errors import ConfigError, RayfedError
-from ..tracking import resolve_tracking_uri, ui_command
-from .driver import Driver
+from ..data import PartitionReader
+from ..data.recipe import resolve_partition
+from ..engine.checkpoint import checkpoint_round
+from ..errors import ConfigError, Interrupted, RayfedError
+from ..tracking import check_tracking_uri, resolve_tracking_uri, ui_command
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None) -> bool:
+    """Join ``address`` / $RAY_ADDRESS, or start a local Ray (no dashboard: nobody asked
+    for one). True when this call started Ray."""
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True,
+                 _system_config={"preload_python_modules": ["rayfed_bpt.engine.pool"]})
+    return True
+
+
+def usable_folder(path: Path, what: str) -> Path:
+    """``path`` resolved, or a ConfigError when it could not be created and written."""
+    path = path.resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder. Choose another "
+                          "runtime.output_dir.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {existing} is not writable. Choose another "
+                          "runtime.output_dir.")
+    return path
 
 
 def new_run_dir(cfg: ExperimentConfig) -> Path:
-    root = Path(cfg.runtime.output_dir).resolve()
+    """The run folder's path (not created yet): the run name, or a time stamp with a
+    random suffix, so two runs started in the same second never share a folder."""
+    root = usable_folder(Path(cfg.runtime.output_dir), "runtime.output_dir")
     name = cfg.runtime.run_name or (
-        f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.algorithm.name}-s{cfg.seed}")
+        f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.algorithm.name}-s{cfg.seed}-{secrets.token_hex(3)}")
     run_dir = root / name
-    if (run_dir / "checkpoint.pt").exists():
-        raise ConfigError(f"run folder {run_dir} already holds a run; resume it with "
+    if run_dir.exists():
+        raise ConfigError(f"run folder {run_dir} already exists; resume it with "
                           f"`rayfed-bpt run --resume {run_dir}` or choose another "
                           "runtime.run_name.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return run_dir
 
 
-def config_of_run(run_dir: str | Path) -> ExperimentConfig:
+def create_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Make the folder (refusing one made meanwhile) and write its config.yaml."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        raise ConfigError(f"run folder {run_dir} was created by another run meanwhile; "
+                          "choose another runtime.run_name") from None
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_of_run(run_dir: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """A run folder's config; ``overrides`` may change ``tracking.*`` only (a run resumed
+    elsewhere may log to another store; anything else would change its numbers)."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); pass the folder "
                           "that `rayfed-bpt run` printed.")
-    return from_dict(ExperimentConfig, yaml.safe_load(path.read_text()))
+    bad = [o for o in overrides if not o.startswith("tracking.")]
+    if bad:
+        raise ConfigError(f"--resume continues a run with its own config; only tracking.* may "
+                          f"change, not {bad}")
+    from ..config import apply_overrides
+
+    d = yaml.safe_load(path.read_text())
+    return from_dict(ExperimentConfig, apply_overrides(d, list(overrides)))
 
 
-def _unwrap(e: RayTaskError) -> Exception:
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, RayfedError):
-        return RayfedError(str(cause))
-    return RayfedError(f"the run failed: {cause!r}" if cause else str(e))
+def check_partition(cfg: ExperimentConfig) -> Path:
+    """The partition folder, with every shard's hash checked once, here: a corrupt shard
+    is reported in seconds, before any actor starts."""
+    partition_dir = resolve_partition(cfg.data, cfg.seed)
+    reader = PartitionReader(partition_dir)
+    reader.verify_all()
+    return partition_dir
+
+
+_SIGTERM = {"received": False}
+
+
+def _raise_terminated(signum, frame):
+    """SIGTERM (timeout, Slurm, Kubernetes) stops a run like Ctrl-C: a KeyboardInterrupt is
+    the one exception Ray's blocking calls let a signal raise (they re-raise it bare, so
+    which signal it was is remembered here)."""
+    _SIGTERM["received"] = True
+    raise KeyboardInterrupt()
 
 
 def _describe(m: dict) -> str:
     parts = [f"loss {m['train_loss']:.3f}"] if "train_loss" in m else []
     if "acc_mean" in m:
         parts.append(f"acc mean {m['acc_mean']:.3f} min {m['acc_min']:.3f}")
+    if "round_seconds" in m:
+        parts.append(f"({m['round_seconds']:.1f}s)")
     return "  ".join(parts)
 
 
+class _Display:
+    """A progress bar on a terminal, one line per round otherwise (job logs, CI)."""
+
+    def __init__(self, mode: bool | str, cfg: ExperimentConfig, log):
+        if mode == "auto":
+            mode = True if sys.stdout.isatty() else "lines"
+        self.mode, self.rounds, self.log = mode, cfg.train.rounds, log
+        self.shown: int | None = None
+        self.notes = 0
+        self.bar = None
+        if mode is True:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.train.rounds, unit="round", desc=cfg.algorithm.name,
+                            dynamic_ncols=True)
+
+    def update(self, p: dict) -> None:
+        for note in p["notes"][self.notes:]:
+            (self.bar.write if self.bar else print)(f"note: {note}")
+        self.notes = len(p["notes"])
+        if self.shown is None:  # a resumed run starts at its checkpoint's round
+            self.shown = p["round"]
+            if self.bar is not None:
+                self.bar.update(p["round"])
+        if self.bar is not None:
+            if p["round"] > self.shown:
+                self.bar.update(p["round"] - self.shown)
+            post = {"status": p["status"]}
+            m = p.get("metrics") or {}
+            if "acc_mean" in m:
+                post.update(acc=f"{m['acc_mean']:.3f}", min=f"{m['acc_min']:.3f}")
+            if "train_loss" in m:
+                post["loss"] = f"{m['train_loss']:.3f}"
+            self.bar.set_postfix(post)
+        elif self.mode == "lines" and p["round"] > self.shown:
+            print(f"round {p['round']}/{self.rounds}  {_describe(p['metrics'])}", flush=True)
+        self.shown = max(self.shown, p["round"])
+
+    def restart(self) -> None:
+        self.shown = None
+        self.notes = 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
-                   show_progress: bool | str = True, log=print) -> dict:
+                   show_progress: bool | str = "auto", log=print) -> dict:
     """Run ``cfg`` on Ray (a new run, or continue ``resume_dir``); return the summary.
 
-    ``show_progress``: True (a bar), "lines" (a line per round: for job logs), False.
+    ``show_progress``: "auto" (a bar on a terminal, else lines), True (a bar), "lines"
+    (a line per round), False.
     """
     started_at = time.time()
-    run_dir = Path(resume_dir).resolve() if resume_dir else new_run_dir(cfg)
-    partition_dir = resolve_partition(cfg.data, cfg.seed)
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.runtime.output_dir) \
-        if cfg.tracking.enabled else None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir).resolve()
+        checkpoint_round(run_dir)  # a corrupt checkpoint is refused now, not in an actor
+    else:
+        run_dir = new_run_dir(cfg)
+    partition_dir = check_partition(cfg)
+    uri = (resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.runtime.output_dir)
+           if cfg.tracking.enabled else None)
+    if uri:
+        check_tracking_uri(uri)
+    checked_at = time.time()
     t0 = time.perf_counter()
-    init_ray(cfg.runtime.address)
-    driver = ray.remote(Driver).options(num_cpus=0, num_gpus=0, max_concurrency=2).remote(
-        cfg.to_dict(), str(partition_dir), str(run_dir), uri, resume=resume_dir is not None)
-    done = driver.run.remote()
-    bar = None
-    if show_progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.train.rounds, unit="round", desc=cfg.algorithm.name,
-                   dynamic_ncols=True)
-    shown = 0
+    started_ray = init_ray(cfg.runtime.address)
+    ray_ready_at = time.time()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    display = _Display(show_progress, cfg, log) if show_progress else None
+    sup = _Supervisor(cfg, str(partition_dir), run_dir, uri, display, log)
     try:
-        while True:
-            ready, _ = ray.wait([done], timeout=1.0)
-            try:
-                p = ray.get(driver.progress.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - the driver is gone; `done` says why
-                p = None
-            if bar is not None and p is not None:
-                if p["round"] > shown:
-                    bar.update(p["round"] - shown)
-                    shown = p["round"]
-                m = p.get("metrics") or {}
-                post = {"status": p["status"]}
-                if "acc_mean" in m:
-                    post.update(acc=f"{m['acc_mean']:.3f}", min=f"{m['acc_min']:.3f}")
-                if "train_loss" in m:
-                    post["loss"] = f"{m['train_loss']:.3f}"
-                bar.set_postfix(post)
-            if show_progress == "lines" and p is not None and p["round"] > shown:
-                shown = p["round"]
-                print(f"round {shown}/{cfg.train.rounds}  {_describe(p['metrics'])}", flush=True)
-            if ready:
-                break
-        summary = ray.get(done)
+        sup.start(resume=resume_dir is not None)
+        if resume_dir is None:
+            create_run_dir(run_dir, cfg)
+        summary = sup.wait()
+    except KeyboardInterrupt:
+        code, name = (143, "SIGTERM") if _SIGTERM["received"] else (130, "Ctrl-C")
+        raise sup.stop(code, name) from None
     except RayTaskError as e:
         raise _unwrap(e) from None
     finally:
-        if bar is not None:
-            bar.close()
+        if display is not None:
+            display.close()
+        signal.signal(signal.SIGTERM, previous)
+        if started_ray:
+            ray.shutdown()
     summary["wall_seconds"] = time.perf_counter() - t0
     # data, Ray, the driver and every client actor ready: what a user waits before round 1
     summary["startup_seconds"] = summary["actors_ready_at"] - started_at
+    summary["driver_restarts"] = sup.restarts
+    summary["timeline"].update(entry=started_at, checks_done=checked_at, ray_ready=ray_ready_at,
+                               ray_stopped=time.time())
     if log:
         last = summary["history"][-1] if summary["history"] else {}
         if last:
@@ -135,3 +235,113 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
         if uri:
             log(f"MLflow run {summary['mlflow_run_id']} in {uri}\n  browse it: {ui_command(uri)}")
     return summary
+
+
+class _Supervisor:
+    """The driver actor's keeper: start, follow its progress, recreate it if it dies."""
+
+    def __init__(self, cfg: ExperimentConfig, partition_dir: str, run_dir: Path,
+                 uri: str | None, display: _Display | None, log):
+        self.cfg, self.partition_dir, self.run_dir, self.uri = cfg, partition_dir, run_dir, uri
+        self.display, self.log = display, log
+        self.driver = None
+        self.done = None
+        self.restarts = 0
+        self.mlflow_run_id: str | None = None
+
+    def start(self, resume: bool) -> None:
+        from .driver import Driver
+
+        self.driver = ray.remote(Driver).options(num_cpus=0, num_gpus=0,
+                                                 max_concurrency=4).remote(
+            self.cfg.to_dict(), self.partition_dir, str(self.run_dir), self.uri, resume=resume,
+            mlflow_run_id=self.mlflow_run_id)
+        try:
+            ray.get(self.driver.ready.remote())  # the run's setup: options, checkpoint
+        except RayTaskError as e:
+            ray.kill(self.driver, no_restart=True)
+            raise _unwrap(e) from None
+
+    def wait(self) -> dict:
+        version = -1
+        self.done = self.driver.run.remote()
+        while True:
+            watch = self.driver.wait_progress.remote(version, 60.0)
+            ready, _ = ray.wait([self.done, watch], num_returns=1)
+            if self.done not in ready:
+                try:
+                    p = ray.get(watch)
+                except RayActorError:
+                    continue  # the driver died: `done` says so next
+                version = p["version"]
+                self.mlflow_run_id = p["mlflow_run_id"] or self.mlflow_run_id
+                if self.display is not None:
+                    self.display.update(p)
+                continue
+            try:
+                return ray.get(self.done)
+            except RayTaskError as e:
+                raise _unwrap(e) from None
+            except RayActorError as e:
+                self._driver_died(e)
+                version = -1
+
+    def _driver_died(self, e: Exception) -> None:
+        at = checkpoint_round(self.run_dir)
+        if self.restarts >= self.cfg.runtime.max_driver_restarts:
+            raise RayfedError(f"the driver actor died ({_first_line(e)}) and was already "
+                              f"recreated {self.restarts} time(s). The checkpoint of round "
+                              f"{at or 0} is intact: resume with `rayfed-bpt run --resume "
+                              f"{self.run_dir}`.") from None
+        self.restarts += 1
+        if self.log:
+            self.log(f"the driver actor died ({_first_line(e)}); recreating it from the "
+                     f"checkpoint of round {at or 0} (restart {self.restarts} of "
+                     f"{self.cfg.runtime.max_driver_restarts})")
+        if self.display is not None:
+            self.display.restart()
+        self.start(resume=True)
+        self.done = self.driver.run.remote()
+
+    def stop(self, code: int, name: str) -> Interrupted:
+        """Ctrl-C / SIGTERM: the driver and its client actors go, the MLflow run is marked
+        KILLED, the checkpoint stays; the error says how to resume."""
+        if self.driver is not None:
+            try:
+                self.mlflow_run_id = ray.get(self.driver.mlflow_run_id.remote(), timeout=5) \
+                    or self.mlflow_run_id
+            except Exception:  # noqa: BLE001 - it may be gone already
+                pass
+            ray.kill(self.driver, no_restart=True)  # its client actors die with it
+        if self.uri and self.mlflow_run_id:
+            _mark_killed(self.uri, self.mlflow_run_id)
+        at = checkpoint_round(self.run_dir) if self.run_dir.exists() else None
+        if at is None:
+            return Interrupted(f"stopped by {name} before the first checkpoint; nothing to "
+                               "resume", code)
+        return Interrupted(f"stopped by {name} after round {at}; the checkpoint is intact. "
+                           f"Resume with: rayfed-bpt run --resume {self.run_dir}", code)
+
+
+def _mark_killed(uri: str, run_id: str) -> None:
+    from ..tracking import HTTP_ENV
+
+    os.environ.update({**HTTP_ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).set_terminated(run_id, status="KILLED")
+    except Exception:  # noqa: BLE001 - the store may be the reason we stop
+        pass
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _unwrap(e: RayTaskError) -> Exception:
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, RayfedError):
+        return type(cause)(*cause.args) if isinstance(cause, Interrupted) else \
+            RayfedError(str(cause))
+    return RayfedError(f"the run failed: {cause!r}" if cause else str(e))

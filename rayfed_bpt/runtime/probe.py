@@ -15,9 +15,10 @@ import time
 import torch
 
 from ..algorithms.base import ClientTask
-from ..algorithms.experiment import load_backbone, load_clients, make_algorithm, resolve_partition
 from ..config import ExperimentConfig
 from ..data import PartitionReader
+from ..data.recipe import resolve_partition
+from ..engine.setup import load_backbone, load_clients, make_algorithm
 from .resources import process_rss
 
 

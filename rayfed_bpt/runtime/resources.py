@@ -45,6 +45,17 @@ def process_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def process_started_at() -> float:
+    """When this process started, as a Unix time (Linux /proc)."""
+    import os
+
+    with open("/proc/self/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def plan_actors(rt: RuntimeConfig, num_clients: int, resources: dict[str, float]) -> ActorPlan:
     """How many client actors, and what each asks for, given cluster ``resources``."""
     total_cpu = float(resources.get("CPU", 0))
@@ -70,16 +81,20 @@ def plan_actors(rt: RuntimeConfig, num_clients: int, resources: dict[str, float]
             "runtime.cpus_per_actor / gpus_per_actor."
         )
     mem = rt.gpu_memory_fraction if rt.gpu_memory_fraction is not None else (gpus or None)
-    return ActorPlan(n, cpus, gpus, max(1, int(cpus)), min(mem, 1.0) if mem else None)
+    return ActorPlan(n, cpus, gpus, rt.threads, min(mem, 1.0) if mem else None)
 
 
-def assign_clients(num_clients: int, num_actors: int) -> list[list[int]]:
-    """Round-robin: client k lives on actor k % N (balanced, and stable across restarts)."""
-    return [list(range(a, num_clients, num_actors)) for a in range(num_actors)]
-
-
-def make_placement_group(plan: ActorPlan, strategy: str, timeout_s: float) -> PlacementGroup:
-    pg = placement_group([plan.bundle() for _ in range(plan.num_actors)], strategy=strategy)
+def make_placement_group(plan: ActorPlan, strategy: str, timeout_s: float,
+                         name: str = "") -> PlacementGroup:
+    """Reserve the client actors' bundles. A ``name`` lets a recreated driver find and free
+    the group its dead predecessor held (Ray frees it only when the job ends)."""
+    if name:
+        try:
+            ray.util.remove_placement_group(ray.util.get_placement_group(name))
+        except ValueError:
+            pass  # none left over
+    pg = placement_group([plan.bundle() for _ in range(plan.num_actors)], strategy=strategy,
+                         name=name)
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         ray.util.remove_placement_group(pg)
@@ -91,9 +106,10 @@ def make_placement_group(plan: ActorPlan, strategy: str, timeout_s: float) -> Pl
     return pg
 
 
-def actor_options(plan: ActorPlan, pg: PlacementGroup | None, bundle_index: int,
-                  max_restarts: int) -> dict:
-    opts = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=max_restarts,
+def actor_options(plan: ActorPlan, pg: PlacementGroup | None, bundle_index: int) -> dict:
+    """A client actor's options. No Ray restarts: the pool replaces a dead actor itself
+    and gives its lost work unit to whichever actor is free."""
+    opts = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0,
                 max_task_retries=0)
     if pg is not None:
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(

@@ -21,14 +21,10 @@ from ..experiments.suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
 
 
 def _run_remote(overrides: list[str], final_evals: dict) -> dict:
-    import torch
-
-    from ..algorithms.reference import run_reference
     from ..config import load_config
+    from ..engine.reference import run_reference
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, overrides)  # its threads: runtime.threads, as in every pool
     t = time.perf_counter()
     history = run_reference(cfg, log=None, final_evals=final_evals)
     return {"history": history, "seconds": time.perf_counter() - t}

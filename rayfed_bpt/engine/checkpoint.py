@@ -1,0 +1,144 @@
+"""Checkpoints: a run's whole state after a round, in one safetensors file — never a pickle.
+
+Run folders live on shared storage; whoever can write one must not get code run
+as whoever resumes it, so a checkpoint is tensors plus JSON, nothing else:
+tensors ``global/<key>`` and ``personal/<client>/<key>``, and in the header's
+metadata the round, every round's metrics, the MLflow run id and the config.
+
+``checkpoint.safetensors`` is the latest, ``checkpoint.prev.safetensors`` the one
+before. A new checkpoint is written to a temporary file, read back and checked,
+and only then takes the latest's place, so a crash at any moment leaves at least
+one complete checkpoint; a truncated latest falls back to the previous one.
+
+The reading side of ``checkpoint_round`` needs numpy only: the torch-free entry
+process checks a ``--resume`` folder before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..data.arrow_io import match_umask
+from ..errors import RayfedError
+from .state import RoundListener, RunState
+
+LATEST = "checkpoint.safetensors"
+PREVIOUS = "checkpoint.prev.safetensors"
+FORMAT = "rayfed_bpt.checkpoint/1"
+LEGACY = "checkpoint.pt"
+
+
+def save_checkpoint(run_dir: str | Path, state: RunState, config: dict) -> Path:
+    """Write ``state`` as the latest checkpoint; the last one becomes the previous."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"global/{k}": v.detach().contiguous().clone()
+               for k, v in state.global_state.items()}
+    for c, pers in state.personal.items():
+        tensors.update({f"personal/{c}/{k}": v.detach().contiguous().clone()
+                        for k, v in pers.items()})
+    meta = {"format": FORMAT, "round": state.round, "clients": sorted(state.personal),
+            "history": state.history, "mlflow_run_id": state.mlflow_run_id, "config": config}
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"rayfed_bpt": json.dumps(meta)})
+        match_umask(tmp)
+        if _read_meta(Path(tmp))["round"] != state.round:  # read back before trusting it
+            raise RayfedError(f"checkpoint written to {tmp} does not read back")
+        latest = run_dir / LATEST
+        if latest.exists():
+            os.replace(latest, run_dir / PREVIOUS)
+        os.replace(tmp, latest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return run_dir / LATEST
+
+
+def _read_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get("rayfed_bpt")
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: same advice
+        raise RayfedError(f"{path} is not a readable rayfed_bpt checkpoint ({e}); it was not "
+                          "loaded (checkpoints are safetensors files and are never "
+                          "unpickled)") from None
+    if raw is None:
+        raise RayfedError(f"{path} is a safetensors file but not a rayfed_bpt checkpoint")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise RayfedError(f"{path} has checkpoint format {meta.get('format')!r}; this "
+                          f"rayfed-bpt reads {FORMAT!r}")
+    return meta
+
+
+def _candidates(run_dir: Path) -> list[Path]:
+    found = [p for p in (run_dir / LATEST, run_dir / PREVIOUS) if p.exists()]
+    if not found and (run_dir / LEGACY).exists():
+        raise RayfedError(f"{run_dir / LEGACY} is a checkpoint from an older rayfed-bpt: a "
+                          "pickle, which is never loaded (unpickling a file can run code). "
+                          "Start a new run.")
+    return found
+
+
+def _first_readable(run_dir: Path) -> tuple[Path, dict] | None:
+    errors = []
+    for path in _candidates(run_dir):
+        try:
+            return path, _read_meta(path)
+        except RayfedError as e:
+            errors.append(str(e))
+    if errors:
+        raise RayfedError(f"no readable checkpoint in {run_dir}: {'; '.join(errors)}. Start a "
+                          "new run, or restore the folder from a backup.")
+    return None
+
+
+def checkpoint_round(run_dir: str | Path) -> int | None:
+    """The round of the checkpoint a resume would start from (None: there is none)."""
+    found = _first_readable(Path(run_dir))
+    return None if found is None else int(found[1]["round"])
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[RunState, dict] | None:
+    """The latest readable checkpoint as (state, config), or None if there is none.
+    Falls back to the previous checkpoint when the latest is truncated or corrupt
+    (``safe_open`` checks that the file covers every tensor its header lists)."""
+    from safetensors.torch import load_file
+
+    found = _first_readable(Path(run_dir))
+    if found is None:
+        return None
+    path, meta = found
+    tensors = load_file(str(path))
+    personal: dict[int, dict] = {int(c): {} for c in meta["clients"]}
+    global_state = {}
+    for key, t in tensors.items():
+        kind, rest = key.split("/", 1)
+        if kind == "global":
+            global_state[rest] = t
+        else:
+            c, name = rest.split("/", 1)
+            personal[int(c)][name] = t
+    state = RunState(int(meta["round"]), global_state, personal, meta["history"],
+                     meta.get("mlflow_run_id"))
+    return state, meta["config"]
+
+
+class CheckpointWriter(RoundListener):
+    """Writes a checkpoint after every ``checkpoint_every`` rounds and the last one."""
+
+    def __init__(self, run_dir: str | Path, config: dict, every: int, rounds: int):
+        self.run_dir, self.config, self.every, self.rounds = Path(run_dir), config, every, rounds
+
+    def on_round(self, state: RunState, metrics: dict) -> None:
+        if state.round % self.every == 0 or state.round == self.rounds:
+            save_checkpoint(self.run_dir, state, self.config)

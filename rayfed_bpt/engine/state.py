@@ -1,0 +1,30 @@
+"""A run's state between rounds, and what listens to the rounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunState:
+    """Everything a round consumes and the next one needs; what a checkpoint holds.
+
+    All randomness is drawn from generators seeded by (seed, round, client), so
+    this state plus the config fixes every later round bit for bit.
+    """
+
+    round: int  # rounds completed
+    global_state: dict
+    personal: dict[int, dict]
+    history: list[dict] = field(default_factory=list)  # every round's metrics
+    mlflow_run_id: str | None = None
+
+
+class RoundListener:
+    """Told about every finished round (and the end of the run); no-ops by default."""
+
+    def on_round(self, state: RunState, metrics: dict) -> None:
+        pass
+
+    def on_finish(self, state: RunState) -> None:
+        pass

@@ -1,0 +1,137 @@
+"""The Ray client pool: N client actors, work units handed to whichever actor is free.
+
+A round's sampled clients become work units (a client, or on a GPU a group of
+clients trained as one batched pass), largest first; each goes to the next
+free actor, so with unequal client sizes no actor waits on a busier one
+(clients are not pinned to actors). The global state is put in the object
+store once per call; personal state travels with its unit. An actor that dies
+takes only its unit with it: a new actor takes its place and the unit is
+given out again, so the round's results do not change. Every wait is bounded
+by ``runtime.round_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from ..config import ExperimentConfig
+from ..engine.schedule import eval_chunks, resolve_group_size, train_chunks
+from ..errors import RayfedError
+from .client_actor import ClientActor
+from .resources import ActorPlan, actor_options
+
+ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
+STARTUP_TIMEOUT_S = 600.0
+
+
+class RayActorPool:
+    def __init__(self, cfg: ExperimentConfig, partition_dir: str, sizes: dict[int, int],
+                 plan: ActorPlan, placement_group, bundle_offset: int = 0,
+                 run_dir: str | None = None):
+        self.cfg = cfg
+        self.cfg_dict = cfg.to_dict()
+        self.partition_dir = partition_dir
+        self.sizes = sizes
+        self.plan = plan
+        self.pg = placement_group
+        self.bundle_offset = bundle_offset
+        self.run_dir = run_dir
+        self.actors = [self._new_actor(i) for i in range(plan.num_actors)]
+        self.replaced = 0
+        # actors given a GPU share run on cuda; the group size follows the device
+        self.group_size = resolve_group_size(cfg.runtime.group_size, plan.num_gpus > 0)
+
+    def _new_actor(self, i: int):
+        opts = actor_options(self.plan, self.pg, self.bundle_offset + i)
+        return ray.remote(ClientActor).options(**opts).remote(
+            self.cfg_dict, self.partition_dir, i, self.plan.threads,
+            self.plan.gpu_memory_fraction, self.run_dir)
+
+    def wait_ready(self) -> list[dict]:
+        """Block until every actor has loaded its backbone; their placement."""
+        try:
+            return ray.get([a.info.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as e:
+            raise RayfedError(f"client actors did not start within {STARTUP_TIMEOUT_S:.0f}s "
+                              f"(each asks for {self.plan.bundle()}); the cluster has "
+                              f"{ray.available_resources()}.") from e
+        except RayTaskError as e:
+            raise RayfedError(f"a client actor failed to start: {e.cause}") from e
+
+    def infos(self) -> list[dict]:
+        return ray.get([a.info.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+
+    def memory(self) -> list[dict]:
+        return ray.get([a.memory.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+
+    # ----- the pool protocol ---------------------------------------------------------------
+    def train(self, global_state: dict, personal: dict[int, dict], round: int) -> list:
+        gref = ray.put(global_state)
+        units = train_chunks(list(personal), self.sizes, self.group_size)
+        outs = self._run(units, lambda a, u: a.train.remote(
+            gref, {k: personal[k] for k in u}, round), "training", round)
+        return [x for out in outs for x in out]
+
+    def evaluate(self, global_state: dict, personal: dict[int, dict], round: int,
+                 options: dict | None = None) -> list:
+        gref = ray.put(global_state)
+        units = eval_chunks(list(personal), self.sizes, len(self.actors))
+        outs = self._run(units, lambda a, u: a.evaluate.remote(
+            gref, {k: personal[k] for k in u}, round, options), "evaluation", round)
+        return [x for out in outs for x in out]
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+    # ----- dynamic scheduling --------------------------------------------------------------
+    def _run(self, units: list[list[int]], submit: Callable, what: str, round: int) -> list:
+        """Run every unit; the next unit goes to whichever actor finishes first."""
+        rt = self.cfg.runtime
+        queue = deque(range(len(units)))
+        free = deque(range(len(self.actors)))
+        in_flight: dict = {}
+        out: list = [None] * len(units)
+        lost: Counter = Counter()
+        deadline = time.monotonic() + rt.round_timeout_s
+        while queue or in_flight:
+            while queue and free:
+                i, u = free.popleft(), queue.popleft()
+                in_flight[submit(self.actors[i], units[u])] = (i, u)
+            ready, _ = ray.wait(list(in_flight), num_returns=1,
+                                timeout=max(deadline - time.monotonic(), 0))
+            if not ready:
+                busy = sorted(in_flight.values())
+                raise RayfedError(
+                    f"round {round + 1}: {what} of clients {[units[u] for _, u in busy]} on "
+                    f"client actor(s) {[i for i, _ in busy]} did not finish within "
+                    f"{rt.round_timeout_s:.0f}s (runtime.round_timeout_s). Raise the timeout, "
+                    "or check the actors' logs (`ray logs` / the dashboard).")
+            i, u = in_flight.pop(ready[0])
+            try:
+                out[u] = ray.get(ready[0])
+            except ACTOR_ERRORS as e:
+                lost[u] += 1
+                if lost[u] > rt.max_actor_restarts:
+                    raise RayfedError(
+                        f"round {round + 1}: {what} of clients {units[u]} was lost "
+                        f"{lost[u]} times to dying client actors; last error: {e}. The last "
+                        f"checkpoint{' in ' + self.run_dir if self.run_dir else ''} is "
+                        "intact: fix the cause and resume with `rayfed-bpt run --resume`."
+                    ) from e
+                ray.kill(self.actors[i], no_restart=True)
+                self.actors[i] = self._new_actor(i)  # work queues until it has started
+                self.replaced += 1
+                queue.appendleft(u)  # only the lost unit is redone
+            except RayTaskError as e:
+                raise RayfedError(f"round {round + 1}: {what} of clients {units[u]} failed on "
+                                  f"client actor {i}: {e.cause!r}") from e
+            free.append(i)
+        return out
+

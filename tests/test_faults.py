@@ -1,0 +1,163 @@
+"""Faults, each injected at a chosen round (``runtime.faults``), never by a timer:
+a dying client actor, a dying driver actor, Ctrl-C, SIGTERM, an MLflow server that
+goes away, and two runs started in the same second."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _net import free_port, start_mlflow_server
+
+from rayfed_bpt.config import load_config
+from rayfed_bpt.data import PartitionConfig, write_partition
+from rayfed_bpt.engine import load_checkpoint, run_reference
+from rayfed_bpt.runtime import run_experiment
+from rayfed_bpt.runtime.faults import paused, release
+
+SKIP = {"round_seconds"}
+CLI = [sys.executable, "-m", "rayfed_bpt.cli", "run"]
+
+
+@pytest.fixture(scope="module")
+def part4(digits4, tmp_path_factory):
+    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0),
+                           tmp_path_factory.mktemp("faults") / "p4")
+
+
+def overrides(part, out, *extra):
+    return [f"data.partition_dir={part}", "data.max_train_per_client=64",
+            "data.max_test_per_client=40", "train.rounds=3", "train.eval_every=1",
+            "algorithm.options.prompt_len=2", "train.fraction=1.0",
+            f"runtime.output_dir={out}", "runtime.num_actors=2", *extra]
+
+
+def strip(history):
+    return [{k: "nan" if v != v else v for k, v in m.items() if k not in SKIP}
+            for m in history]
+
+
+def test_client_actor_dying_mid_round_changes_nothing(part4, tmp_path, local_ray):
+    cfg = load_config(None, overrides(part4, tmp_path, "runtime.faults=[actor_exit@2]",
+                                      "data.max_train_per_client=96"))
+    s = run_experiment(cfg, show_progress=False, log=None)
+    assert s["actors_replaced"] == 1  # the fault fired, once; a new actor took over
+    assert strip(s["history"]) == strip(run_reference(cfg, log=None))
+
+
+def test_driver_dying_is_recreated_from_its_checkpoint(part4, tmp_path, local_ray):
+    cfg = load_config(None, overrides(part4, tmp_path, "runtime.faults=[driver_exit@2]"))
+    lines = []
+    s = run_experiment(cfg, show_progress=False, log=lines.append)
+    assert s["driver_restarts"] == 1
+    assert any("recreating it from the checkpoint of round 2" in x for x in lines)
+    assert strip(s["history"]) == strip(run_reference(cfg, log=None))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(s["tracking_uri"])
+    run = client.get_run(s["mlflow_run_id"])  # one MLflow run, continued
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc_mean")] == [1, 2, 3]
+
+
+def _wait_paused(run_dir, round, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not paused(run_dir, round):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.time() < deadline, "the run never reached its pause"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"),
+                                             (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_stops_cleanly_and_says_how_to_resume(sig, code, name, part4, tmp_path):
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "sig"
+    proc = subprocess.Popen(CLI + ["--no-progress", "--set",
+                                   *overrides(part4, out, "runtime.run_name=sig",
+                                              "runtime.faults=[pause@1]")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_paused(run_dir, 1, proc)
+    t = time.time()
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == code, output[-3000:]
+    assert time.time() - t < 30
+    assert "Traceback" not in output and "SIGTERM received" not in output, output[-3000:]
+    assert f"stopped by {name} after round 1" in output
+    assert f"rayfed-bpt run --resume {run_dir}" in output
+    assert load_checkpoint(run_dir)[0].round == 1
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "rayfed_bpt"]
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "KILLED"
+    if sig == signal.SIGINT:  # and it resumes to the end
+        r = subprocess.run(CLI + ["--no-progress", "--resume", str(run_dir)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert load_checkpoint(run_dir)[0].round == 3
+
+
+def test_mlflow_server_going_away_loses_nothing(part4, tmp_path):
+    server, uri = start_mlflow_server(tmp_path / "mlflow")
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "outage"
+    try:
+        proc = subprocess.Popen(CLI + ["--no-progress", "--set",
+                                       *overrides(part4, out, "runtime.run_name=outage",
+                                                  f"tracking.tracking_uri={uri}",
+                                                  "runtime.faults=[pause@1]")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _wait_paused(run_dir, 1, proc)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server goes away after round 1
+        server.wait()
+    t = time.time()
+    release(run_dir, 1)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert time.time() - t < 120  # seconds of retries, not MLflow's default minutes
+    fallback = run_dir / "mlflow-fallback.db"
+    assert f"note: the MLflow store {uri} failed at round 2" in output and str(fallback) in output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{fallback}")
+    [exp] = [e for e in client.search_experiments() if e.name == "rayfed_bpt"]
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    for key in ("acc_mean", "train_loss"):  # every round, the ones the server had too
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
+
+
+def test_unreachable_tracking_server_fails_in_seconds_and_writes_nothing(part4, tmp_path):
+    out = tmp_path / "runs"
+    t = time.time()
+    r = subprocess.run(CLI + ["--set", *overrides(part4, out, "tracking.tracking_uri="
+                                                  f"http://127.0.0.1:{free_port()}")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot be reached" in r.stderr, r.stderr[-2000:]
+    assert time.time() - t < 20 and not out.exists()
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(part4, tmp_path):
+    out = tmp_path / "runs"
+    procs = [subprocess.Popen(CLI + ["--no-progress", "--set",
+                                     *overrides(part4, out, f"train.lr={lr}", "train.rounds=1",
+                                                "runtime.num_actors=1",
+                                                "tracking.enabled=false")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for lr in (0.01, 0.05)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    folders = sorted(out.iterdir())
+    assert len(folders) == 2
+    lrs = set()
+    for f in folders:
+        state, cfg = load_checkpoint(f)
+        assert (f / "config.yaml").read_text().count(f"lr: {cfg['train']['lr']}") == 1
+        lrs.add(cfg["train"]["lr"])
+    assert lrs == {0.01, 0.05}
