@@ -87,6 +87,7 @@ class RuntimeConfig:
     max_actor_restarts: int = 3  # times one work unit may be lost to a dying client actor
     max_driver_restarts: int = 2  # a dead driver actor is recreated from the last checkpoint
     group_size: int | str = "auto"  # clients per batched pass: auto = 1 on CPU, 8 on a GPU
+    schedule: str = "dynamic"  # dynamic: a work unit to whichever actor is free; pinned: k % N
     client_cache: int = 1024  # opened client shards (and cached features) kept per actor
     output_dir: str = "rayfed_runs"
     run_name: str | None = None
@@ -122,6 +123,8 @@ class RuntimeConfig:
         if self.round_timeout_s <= 0 or self.max_actor_restarts < 0 or self.checkpoint_every < 1:
             raise ConfigError("runtime.round_timeout_s must be > 0, max_actor_restarts >= 0, "
                               "checkpoint_every >= 1")
+        if self.schedule not in ("dynamic", "pinned"):
+            raise ConfigError(f"runtime.schedule={self.schedule!r}; allowed: dynamic, pinned")
         if self.max_driver_restarts < 0 or self.client_cache < 1:
             raise ConfigError("runtime.max_driver_restarts must be >= 0 and client_cache >= 1")
         if self.group_size != "auto" and not (isinstance(self.group_size, int)

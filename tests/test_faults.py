@@ -19,7 +19,7 @@ from rayfed_bpt.engine import load_checkpoint, run_reference
 from rayfed_bpt.runtime import run_experiment
 from rayfed_bpt.runtime.faults import paused, release
 
-SKIP = {"round_seconds"}
+SKIP = {"round_seconds", "eval_seconds"}
 CLI = [sys.executable, "-m", "rayfed_bpt.cli", "run"]
 
 

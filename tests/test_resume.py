@@ -26,7 +26,7 @@ from rayfed_bpt.engine.setup import torch_threads
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.runtime.launch import config_of_run
 
-SKIP = {"round_seconds"}
+SKIP = {"round_seconds", "eval_seconds"}
 
 
 @pytest.fixture(scope="module")

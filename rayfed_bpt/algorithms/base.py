@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -75,6 +75,16 @@ class ClientData:
 
     def y(self, split: str, idx) -> torch.Tensor:
         return self.labels[split][idx]
+
+
+@dataclass
+class Phase:
+    """Part of a client's local training: these params, this many epochs; its metrics
+    get ``prefix``."""
+
+    params: list[nn.Parameter]
+    epochs: int
+    prefix: str = ""
 
 
 @dataclass
@@ -182,66 +192,107 @@ class Algorithm:
             )
         return data.cache[key]
 
-    def loss(
+    def step_inputs(
         self,
         module: nn.Module,
         data: ClientData,
         idx: torch.Tensor,
         gen: torch.Generator,
         round: int,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, Any]:
+        """One local step up to the frozen backbone: its images (None: no backbone pass),
+        their per-image prompts, and what ``step_loss`` needs. Split here so that several
+        clients' steps can share one batched backbone pass (``local_update``)."""
         raise NotImplementedError
 
-    def run_epochs(
-        self,
-        module: nn.Module,
-        data: ClientData,
-        params,
-        epochs: int,
-        gen: torch.Generator,
-        round: int,
-    ) -> dict[str, float]:
-        """Plain minibatch Adam over ``params`` for ``epochs`` local epochs."""
-        params = [p for p in params if p.requires_grad]
-        if not params or epochs == 0:
-            return {}
-        opt = torch.optim.Adam(
-            params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay
-        )
-        n, bs = data.num("train"), self.train_cfg.batch_size
-        sums: dict[str, float] = {}
-        steps = 0
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n, bs):
-                loss, parts = self.loss(module, data, perm[i : i + bs], gen, round)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-                for k, v in {"loss": loss.item(), **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+    def step_loss(
+        self, module: nn.Module, feats: torch.Tensor | None, rest: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The rest of the step from the backbone's features: the loss and its parts."""
+        raise NotImplementedError
 
-    def train_client(
-        self, module: nn.Module, data: ClientData, gen: torch.Generator, round: int
-    ) -> dict[str, float]:
-        return self.run_epochs(
-            module, data, module.parameters(), self.train_cfg.local_epochs, gen, round
-        )
+    def loss(
+        self, module: nn.Module, data: ClientData, idx: torch.Tensor, gen: torch.Generator,
+        round: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One client's loss on the examples ``idx``."""
+        x, prompt, rest = self.step_inputs(module, data, idx, gen, round)
+        return self.step_loss(module, None if x is None else self.backbone(x, prompt), rest)
+
+    def phases(self, module: nn.Module) -> list[Phase]:
+        """What a client trains, in order (FedRep: the head, then the prompt)."""
+        return [Phase(list(module.parameters()), self.train_cfg.local_epochs)]
+
+    def before_training(self, module: nn.Module, data: ClientData) -> None:
+        """Set a client's module up before its phases (pFedPG: its generated prompt)."""
 
     def local_update(self, global_state: State, tasks: list[ClientTask]) -> list[ClientResult]:
+        """Train ``tasks``' clients from ``global_state``: as one group, every step of the
+        group's clients sharing one pass through the frozen backbone. Each client keeps its
+        own module, optimizer, generator, data order and step count, so a group of G
+        gives what G separate updates give (to float rounding of the batched pass)."""
+        gens = [make_generator(self.seed, "train", t.round, t.client_id) for t in tasks]
+        modules = [self.load(global_state, t.personal) for t in tasks]
+        metrics: list[dict[str, float]] = [{} for _ in tasks]
+        for m, t in zip(modules, tasks):
+            m.train()
+            self.before_training(m, t.data)
+        plans = [self.phases(m) for m in modules]
+        for j in range(len(plans[0])):
+            phase = [p[j] for p in plans]
+            with trainable_only(modules, [p.params for p in phase]):
+                out = self.run_group(modules, [t.data for t in tasks], phase, gens,
+                                     tasks[0].round)
+            for acc, o, p in zip(metrics, out, phase):
+                acc.update({f"{p.prefix}{k}": v for k, v in o.items()})
         results = []
-        for t in tasks:
-            gen = make_generator(self.seed, "train", t.round, t.client_id)
-            module = self.load(global_state, t.personal)
-            module.train()
-            metrics = self.train_client(module, t.data, gen, t.round)
-            shared, personal = self.split(module)
-            results.append(
-                ClientResult(t.client_id, t.data.num("train"), shared, personal, metrics)
-            )
+        for t, m, acc in zip(tasks, modules, metrics):
+            shared, personal = self.split(m)
+            results.append(ClientResult(t.client_id, t.data.num("train"), shared, personal, acc))
         return results
+
+    def run_group(self, modules: list[nn.Module], datas: list[ClientData], phases: list[Phase],
+                  gens: list[torch.Generator], round: int) -> list[dict[str, float]]:
+        """Minibatch Adam for each client over its phase's params and epochs, in lockstep:
+        step t of every client still training goes through the backbone as one batch."""
+        bs = self.train_cfg.batch_size
+        opts = [torch.optim.Adam(p.params, lr=self.train_cfg.lr,
+                                 weight_decay=self.train_cfg.weight_decay)
+                if p.params and p.epochs else None for p in phases]
+        batches = [_batches(d.num("train"), bs, p.epochs, g)
+                   for d, p, g in zip(datas, phases, gens)]
+        sums: list[dict[str, torch.Tensor]] = [{} for _ in modules]
+        steps = [0] * len(modules)
+        active = [g for g, o in enumerate(opts) if o is not None]
+        while active:
+            step = [(g, idx) for g in active if (idx := next(batches[g], None)) is not None]
+            inputs = [self.step_inputs(modules[g], datas[g], idx, gens[g], round)
+                      for g, idx in step]
+            feats = self._backbone_group([(x, p) for x, p, _ in inputs])
+            losses = []
+            for (g, _), (_, _, rest), f in zip(step, inputs, feats):
+                loss, parts = self.step_loss(modules[g], f, rest)
+                losses.append(loss)
+                for k, v in {"loss": loss, **parts}.items():  # float64 running sums
+                    sums[g][k] = sums[g].get(k, 0.0) + v.detach().double()
+                steps[g] += 1
+                opts[g].zero_grad(set_to_none=True)
+            if losses:
+                torch.stack(losses).sum().backward()  # disjoint graphs: each its own grads
+            for g, _ in step:
+                opts[g].step()
+            active = [g for g, _ in step]
+        return [{k: float(v) / n for k, v in s.items()} for s, n in zip(sums, steps)]
+
+    def _backbone_group(self, pairs: list[tuple]) -> list[torch.Tensor | None]:
+        """One backbone pass over every step's images (each with its own prompts)."""
+        if not pairs or pairs[0][0] is None:
+            return [None] * len(pairs)
+        if len(pairs) == 1:
+            return [self.backbone(*pairs[0])]
+        feats = self.backbone(torch.cat([x for x, _ in pairs]),
+                              torch.cat([p for _, p in pairs]))
+        return list(feats.split([len(x) for x, _ in pairs]))
 
     # ----- server side ---------------------------------------------------------------------
     def aggregate(self, global_state: State, results: list[ClientResult], round: int) -> State:
@@ -278,12 +329,24 @@ class Algorithm:
         return torch.randn(shape, generator=gen).to(self.device)
 
 
+def _batches(n: int, bs: int, epochs: int, gen: torch.Generator):
+    """A client's minibatch indices, each epoch's permutation drawn only when that epoch
+    starts: its generator is consumed in exactly the order of a lone client's loop."""
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, bs):
+            yield perm[i : i + bs]
+
+
 @contextmanager
-def frozen(*modules: nn.Module):
-    """Temporarily stop gradients into ``modules`` (e.g. FedRep's alternating phases)."""
+def trainable_only(modules: list[nn.Module], params: list[list[nn.Parameter]]):
+    """Gradients only into each module's ``params`` for a phase (FedRep: the head alone,
+    then the prompt alone), then back to what it was."""
     saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    for p, _ in saved:
-        p.requires_grad_(False)
+    for m, keep in zip(modules, params):
+        ids = {id(p) for p in keep}
+        for p in m.parameters():
+            p.requires_grad_(id(p) in ids)
     try:
         yield
     finally:

@@ -21,9 +21,13 @@ class FedAvgLinear(Algorithm):
     def build_module(self) -> nn.Module:
         return HeadModule(self.backbone.embed_dim, self.num_classes)
 
-    def loss(self, module, data: ClientData, idx, gen, round):
-        feats = self.features(data, "train")[idx]
-        return F.cross_entropy(module.head(feats), data.y("train", idx).to(feats.device)), {}
+    def step_inputs(self, module, data: ClientData, idx, gen, round):
+        feats = self.features(data, "train")[idx]  # cached: no backbone pass per step
+        return None, None, (feats, data.y("train", idx).to(feats.device))
+
+    def step_loss(self, module, feats, rest):
+        cached, y = rest
+        return F.cross_entropy(module.head(cached), y), {}
 
     @torch.no_grad()
     def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:

@@ -39,13 +39,19 @@ class FedAvgVPT(Algorithm):
     def build_module(self) -> nn.Module:
         return VPTModule(self.prompt_shape, self.backbone.embed_dim, self.num_classes)
 
-    def logits(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        prompt = module.prompt.unsqueeze(0).expand(len(x), *module.prompt.shape)
-        return module.head(self.backbone(x, prompt))
+    def prompts(self, module: nn.Module, n: int) -> torch.Tensor:
+        """The one prompt, for each of ``n`` images."""
+        return module.prompt.unsqueeze(0).expand(n, *module.prompt.shape)
 
-    def loss(self, module, data: ClientData, idx, gen, round):
+    def logits(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return module.head(self.backbone(x, self.prompts(module, len(x))))
+
+    def step_inputs(self, module, data: ClientData, idx, gen, round):
         x = data.x("train", idx, self.backbone)
-        return F.cross_entropy(self.logits(module, x), data.y("train", idx).to(x.device)), {}
+        return x, self.prompts(module, len(x)), data.y("train", idx).to(x.device)
+
+    def step_loss(self, module, feats, y):
+        return F.cross_entropy(module.head(feats), y), {}
 
     @torch.no_grad()
     def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:

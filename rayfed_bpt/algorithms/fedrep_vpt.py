@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import frozen
+from .base import Phase
 from .fedavg_vpt import FedAvgVPT
 
 
@@ -16,14 +16,6 @@ class FedRepVPT(FedAvgVPT):
     class Options(FedAvgVPT.Options):
         head_epochs: int = 1
 
-    def train_client(self, module, data, gen, round):
-        with frozen(module):  # phase 1: the head alone
-            module.head.requires_grad_(True)
-            head = self.run_epochs(
-                module, data, module.head.parameters(), self.opts.head_epochs, gen, round
-            )
-        with frozen(module.head):  # phase 2: the representation (prompt)
-            body = self.run_epochs(
-                module, data, [module.prompt], self.train_cfg.local_epochs, gen, round
-            )
-        return {**{f"head_{k}": v for k, v in head.items()}, **body}
+    def phases(self, module):
+        return [Phase(list(module.head.parameters()), self.opts.head_epochs, "head_"),
+                Phase([module.prompt], self.train_cfg.local_epochs)]

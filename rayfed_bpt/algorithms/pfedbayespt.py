@@ -113,7 +113,7 @@ class PFedBayesPT(Algorithm):
         w = self.opts.beta_warmup_rounds
         return self.opts.beta * (min(1.0, (round + 1) / w) if w > 0 else 1.0)
 
-    def loss(self, module, data: ClientData, idx, gen, round):
+    def step_inputs(self, module, data: ClientData, idx, gen, round):
         o = self.opts
         x = data.x("train", idx, self.backbone)
         e = self.features(data, "train")[idx]
@@ -123,21 +123,18 @@ class PFedBayesPT(Algorithm):
         logvar = module.sigma(e)  # (B, P), shared by every psi_j
         xi = self.randn(psi.shape[1:], gen)
         p = reparameterize(psi[0], logvar, xi)
-        logits = module.head(self.backbone(x, p.view(B, *self.prompt_shape)))
+        rest = (data.y("train", idx).to(x.device), p, psi, logvar, self.beta_at(round))
+        return x, p.view(B, *self.prompt_shape), rest
+
+    def step_loss(self, module, feats, rest):
+        y, p, psi, logvar, beta = rest
         prior_mean = getattr(module, "prior_mean", 0.0)
-        return sivi_loss(
-            logits,
-            data.y("train", idx).to(x.device),
-            p,
-            psi,
-            logvar,
-            self.beta_at(round),
-            prior_mean,
-            per_dim=o.kl_per_dim,
-        )
+        return sivi_loss(module.head(feats), y, p, psi, logvar, beta, prior_mean,
+                         per_dim=self.opts.kl_per_dim)
 
     @torch.no_grad()
     def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:
+        """The softmax averaged over S prompt samples, all S in one backbone pass."""
         o = self.opts
         feats = self.features(data, split)
         out = []
@@ -152,11 +149,8 @@ class PFedBayesPT(Algorithm):
                 psi = module.generator(e, module.generator.sample_noise((o.eval_samples, B), gen))
                 xi = self.randn(psi.shape, gen)
                 prompts = reparameterize(psi, module.sigma(e), xi)
-            probs = torch.stack(
-                [
-                    module.head(self.backbone(x, p.view(B, *self.prompt_shape))).softmax(-1)
-                    for p in prompts
-                ]
-            ).mean(0)
-            out.append(probs)
+            S = len(prompts)  # (S, B, P): image b of sample s at row s * B + b
+            xs = x.unsqueeze(0).expand(S, *x.shape).reshape(S * B, *x.shape[1:])
+            logits = module.head(self.backbone(xs, prompts.reshape(S * B, *self.prompt_shape)))
+            out.append(logits.softmax(-1).view(S, B, -1).mean(0))
         return torch.cat(out) if out else torch.zeros(0, self.num_classes)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import check_options
+from .base import Phase, check_options
 from .fedavg_vpt import FedAvgVPT
 
 
@@ -67,17 +67,12 @@ class PFedPG(FedAvgVPT):
             self.num_classes,
         )
 
-    def train_client(self, module, data, gen, round):
+    def before_training(self, module, data):
         with torch.no_grad():
             module.prompt.copy_(module.generate(data.client_id))
-        return self.run_epochs(
-            module,
-            data,
-            [module.prompt, *module.head.parameters()],
-            self.train_cfg.local_epochs,
-            gen,
-            round,
-        )
+
+    def phases(self, module):
+        return [Phase([module.prompt, *module.head.parameters()], self.train_cfg.local_epochs)]
 
     def local_update(self, global_state, tasks):
         results = super().local_update(global_state, tasks)

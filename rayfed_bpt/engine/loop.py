@@ -71,7 +71,9 @@ class Engine:
         state.round = r + 1
         m: dict = {"round": r + 1, "train_loss": train_loss(results)}
         if self.evaluates(r):
+            t_eval = time.perf_counter()
             m.update(self.evaluate(state))
+            m["eval_seconds"] = time.perf_counter() - t_eval
         m["round_seconds"] = time.perf_counter() - t0
         m["comm_bytes_down"] = float(down)
         m["comm_bytes_up"] = float(sum(state_bytes(x.update) for x in results))

@@ -59,7 +59,7 @@ def sivi_loss(
     beta: float,
     prior_mean: torch.Tensor | float = 0.0,
     per_dim: bool = True,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Negative SIVI bound, averaged over the batch. ``per_dim`` divides the KL
     estimate by the prompt dimension P, so ``beta`` does not scale with L·D."""
     nll = F.cross_entropy(logits, y, reduction="none")
@@ -67,4 +67,4 @@ def sivi_loss(
     if per_dim:
         kl = kl / p.shape[-1]
     loss = (nll + beta * kl).mean()
-    return loss, {"nll": nll.mean().item(), "kl": kl.mean().item()}
+    return loss, {"nll": nll.mean().detach(), "kl": kl.mean().detach()}

@@ -72,7 +72,8 @@ class RayActorPool:
     # ----- the pool protocol ---------------------------------------------------------------
     def train(self, global_state: dict, personal: dict[int, dict], round: int) -> list:
         gref = ray.put(global_state)
-        units = train_chunks(list(personal), self.sizes, self.group_size)
+        units = self._units(list(personal), lambda ids: train_chunks(ids, self.sizes,
+                                                                      self.group_size))
         outs = self._run(units, lambda a, u: a.train.remote(
             gref, {k: personal[k] for k in u}, round), "training", round)
         return [x for out in outs for x in out]
@@ -80,7 +81,8 @@ class RayActorPool:
     def evaluate(self, global_state: dict, personal: dict[int, dict], round: int,
                  options: dict | None = None) -> list:
         gref = ray.put(global_state)
-        units = eval_chunks(list(personal), self.sizes, len(self.actors))
+        units = self._units(list(personal), lambda ids: eval_chunks(ids, self.sizes,
+                                                                     len(self.actors)))
         outs = self._run(units, lambda a, u: a.evaluate.remote(
             gref, {k: personal[k] for k in u}, round, options), "evaluation", round)
         return [x for out in outs for x in out]
@@ -90,20 +92,35 @@ class RayActorPool:
             ray.kill(a, no_restart=True)
         self.actors = []
 
+    def _units(self, ids: list[int], cut: Callable) -> list[list[int]]:
+        """Work units; pinned: cut per owner, so that a unit's clients share their actor."""
+        if self.cfg.runtime.schedule != "pinned":
+            return cut(ids)
+        n = len(self.actors)
+        return [u for i in range(n) for u in cut([k for k in ids if k % n == i])]
+
     # ----- dynamic scheduling --------------------------------------------------------------
     def _run(self, units: list[list[int]], submit: Callable, what: str, round: int) -> list:
-        """Run every unit; the next unit goes to whichever actor finishes first."""
+        """Run every unit; the next unit goes to whichever actor finishes first (or, with
+        ``runtime.schedule=pinned``, to the actor that owns its first client: k % N)."""
         rt = self.cfg.runtime
-        queue = deque(range(len(units)))
-        free = deque(range(len(self.actors)))
+        n = len(self.actors)
+        pinned = rt.schedule == "pinned"
+        queues = [deque() for _ in range(n if pinned else 1)]
+        for u, unit in enumerate(units):
+            queues[unit[0] % n if pinned else 0].append(u)
+        idle = list(range(n))
         in_flight: dict = {}
         out: list = [None] * len(units)
         lost: Counter = Counter()
         deadline = time.monotonic() + rt.round_timeout_s
-        while queue or in_flight:
-            while queue and free:
-                i, u = free.popleft(), queue.popleft()
-                in_flight[submit(self.actors[i], units[u])] = (i, u)
+        while in_flight or any(queues):
+            for i in list(idle):
+                q = queues[i if pinned else 0]
+                if q:
+                    u = q.popleft()
+                    idle.remove(i)
+                    in_flight[submit(self.actors[i], units[u])] = (i, u)
             ready, _ = ray.wait(list(in_flight), num_returns=1,
                                 timeout=max(deadline - time.monotonic(), 0))
             if not ready:
@@ -128,10 +145,9 @@ class RayActorPool:
                 ray.kill(self.actors[i], no_restart=True)
                 self.actors[i] = self._new_actor(i)  # work queues until it has started
                 self.replaced += 1
-                queue.appendleft(u)  # only the lost unit is redone
+                queues[i if pinned else 0].appendleft(u)  # only the lost unit is redone
             except RayTaskError as e:
                 raise RayfedError(f"round {round + 1}: {what} of clients {units[u]} failed on "
                                   f"client actor {i}: {e.cause!r}") from e
-            free.append(i)
+            idle.append(i)
         return out
-

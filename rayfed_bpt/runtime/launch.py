@@ -30,7 +30,8 @@ from ..data import PartitionReader
 from ..data.recipe import resolve_partition
 from ..engine.checkpoint import checkpoint_round
 from ..errors import ConfigError, Interrupted, RayfedError
-from ..tracking import check_tracking_uri, resolve_tracking_uri, ui_command
+from ..tracking import HTTP_ENV, check_tracking_uri, resolve_tracking_uri, ui_command
+from .driver import Driver  # light: torch loads in the driver actor's own process
 
 
 def init_ray(address: str | None) -> bool:
@@ -250,8 +251,6 @@ class _Supervisor:
         self.mlflow_run_id: str | None = None
 
     def start(self, resume: bool) -> None:
-        from .driver import Driver
-
         self.driver = ray.remote(Driver).options(num_cpus=0, num_gpus=0,
                                                  max_concurrency=4).remote(
             self.cfg.to_dict(), self.partition_dir, str(self.run_dir), self.uri, resume=resume,
@@ -324,8 +323,6 @@ class _Supervisor:
 
 
 def _mark_killed(uri: str, run_id: str) -> None:
-    from ..tracking import HTTP_ENV
-
     os.environ.update({**HTTP_ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
     try:
         from mlflow.tracking import MlflowClient
