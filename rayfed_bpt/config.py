@@ -35,6 +35,21 @@ class DataConfig:
     max_train_per_client: int | None = None  # subsample for quick runs
     max_test_per_client: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.num_clients < 1:
+            raise ConfigError(f"data.num_clients must be >= 1, got {self.num_clients}")
+        for name in ("alpha", "beta", "label_alpha"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"data.{name} must be > 0 (a Dirichlet concentration), got {v}")
+        if self.k < 1 or self.min_samples < 0:
+            raise ConfigError(f"data.k must be >= 1 and data.min_samples >= 0, got k={self.k}, "
+                              f"min_samples={self.min_samples}")
+        for name in ("max_train_per_client", "max_test_per_client"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"data.{name} must be >= 1 or unset, got {v}")
+
 
 @dataclass
 class BackboneConfig:

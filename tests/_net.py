@@ -48,3 +48,16 @@ def start_mlflow_server(store, env=None):
     uri = f"http://127.0.0.1:{port}"
     wait_http(f"{uri}/health")
     return proc, uri
+
+
+def token_auth_env(folder) -> dict:
+    """Env for a Ray cluster and its clients with token authentication on (as shipped),
+    the token in a file of this test's own (never the user's ~/.ray/auth_token)."""
+    import os
+    import secrets
+    from pathlib import Path
+
+    path = Path(folder) / "ray_auth_token"
+    path.write_text(secrets.token_hex(32))
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path),
+            "RAY_USAGE_STATS_ENABLED": "0"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _net import free_port, short_tempdir, start_mlflow_server
+from _net import free_port, short_tempdir, start_mlflow_server, token_auth_env
 
 from rayfed_bpt.data import PartitionConfig, write_partition
 
@@ -54,6 +54,12 @@ def test_recipes_parse_and_match_pyproject():
     assert {"MLFLOW_TRACKING_URI", "RAYFED_BPT_DATA"} <= set(env["env_vars"])
     assert "*.arrow" in env["excludes"] and "rayfed_runs" in env["excludes"]
     assert os.access(CLUSTER / "submit.sh", os.X_OK)
+    # secure by default: token auth everywhere, the launcher's dashboard on loopback
+    text = "".join(p.read_text() for p in CLUSTER.rglob("*.yaml"))
+    assert "disabled" not in text and text.count('value: "token"') >= 4
+    assert "--dashboard-host=127.0.0.1" in " ".join(launcher["head_start_ray_commands"])
+    assert all("RAY_AUTH_MODE=token" in c for c in launcher["head_start_ray_commands"][1:]
+               + launcher["worker_start_ray_commands"][1:])
     for key in ("RAYFED_BPT_DATA", "MLFLOW_TRACKING_URI", "runtime.output_dir",
                 "gpus_per_actor", "ray job logs", "mlflow ui", "ray down"):
         assert key in (CLUSTER / "README.md").read_text(), key
@@ -61,7 +67,7 @@ def test_recipes_parse_and_match_pyproject():
 
 @pytest.fixture
 def two_node_cluster(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = token_auth_env(tmp_path)  # as the recipes ship: token auth on
     gcs, dash = free_port(), free_port()
     temp = short_tempdir("rc")
     ray = str(BIN / "ray")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _net import free_port, short_tempdir
+from _net import free_port, short_tempdir, token_auth_env
 
 from rayfed_bpt.data import PartitionConfig, write_partition
 
@@ -23,7 +22,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 def ray_head(tmp_path):
     if shutil.which(RAY) is None:
         pytest.skip("the ray command is not installed")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = token_auth_env(tmp_path)  # as the recipes ship: token auth on
     gcs, dash = free_port(), free_port()
     temp = short_tempdir("rt")
     subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2",
@@ -51,6 +50,10 @@ def test_job_submit_runs_and_logs_to_mlflow(ray_head, digits4, tmp_path):
            "algorithm.name=fedavg_vpt",
            "algorithm.options.prompt_len=2", f"runtime.output_dir={out}",
            "runtime.run_name=job1"]
+    stranger = {**env, "RAY_AUTH_TOKEN": "not-the-token"}
+    r = subprocess.run(cmd[:4] + ["--submission-id=stranger", "--", "echo", "pwned"],
+                       env=stranger, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "pwned" not in r.stdout  # the job API wants the token
     t = time.time()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -85,7 +85,15 @@ def load_dataset(path: str | os.PathLike, verify: bool = True) -> Dataset:
     table, info = read_table(path, "dataset")
     digest = ""
     if sidecar.exists():
-        meta = json.loads(sidecar.read_text())
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"dataset sidecar {sidecar} is not valid JSON ({e}); restore it, or "
+                            "re-create the dataset with `rayfed-bpt data prepare --overwrite`."
+                            ) from None
+        if not isinstance(meta, dict):
+            raise DataError(f"dataset sidecar {sidecar} is not a JSON object; re-create the "
+                            "dataset with `rayfed-bpt data prepare --overwrite`.")
         check_schema_version(int(meta.get("schema_version", -1)), f"dataset sidecar {sidecar}")
         digest = meta.get("sha256", "")
         if verify and digest:

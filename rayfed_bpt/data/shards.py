@@ -177,6 +177,11 @@ class PartitionReader:
             raise DataError(
                 f"{path} is not valid JSON ({e}); re-run `rayfed-bpt data partition`."
             ) from e
+        missing = [k for k in ("schema_version", "dataset", "clients")
+                   if not isinstance(self.manifest, dict) or k not in self.manifest]
+        if missing:
+            raise DataError(f"{path} lacks {missing}: not a manifest written by rayfed-bpt; "
+                            "re-run `rayfed-bpt data partition --overwrite`.")
         check_schema_version(int(self.manifest.get("schema_version", -1)), f"manifest {path}")
         self.info = DatasetInfo.from_json(self.manifest["dataset"], f"manifest {path}")
         self.verify = verify
