@@ -10,14 +10,6 @@ from pathlib import Path
 from .errors import ConfigError, RayfedError
 
 
-def _default_partition_dir(dataset: Path, partitioner: str, num_clients: int, seed: int) -> Path:
-    return (
-        dataset.parent.parent
-        / "partitions"
-        / f"{dataset.stem}-{partitioner}-{num_clients}c-s{seed}"
-    )
-
-
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     from .data import prepare
 
@@ -44,6 +36,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def cmd_data_partition(args: argparse.Namespace) -> None:
     from .data import PartitionConfig, ensure_builtin, load_dataset, write_partition
+    from .data.recipe import partition_folder
 
     cfg = PartitionConfig(
         partitioner=args.partitioner,
@@ -59,11 +52,7 @@ def cmd_data_partition(args: argparse.Namespace) -> None:
     dataset_path = Path(args.dataset) if args.dataset else ensure_builtin()
     t = time.perf_counter()
     ds = load_dataset(dataset_path)
-    out = (
-        Path(args.out)
-        if args.out
-        else _default_partition_dir(dataset_path, cfg.partitioner, cfg.num_clients, cfg.seed)
-    )
+    out = Path(args.out) if args.out else partition_folder(dataset_path, cfg)
     write_partition(ds, cfg, out, overwrite=args.overwrite)
     print(
         f"{cfg.num_clients} client shards and manifest.json are in {out} "
@@ -72,15 +61,14 @@ def cmd_data_partition(args: argparse.Namespace) -> None:
 
 
 def cmd_data_show(args: argparse.Namespace) -> None:
+    from .config import ExperimentConfig
     from .data import PartitionReader
-    from .data.prepare import builtin_dataset_path
+    from .data.recipe import resolve_partition
     from .data.show import plot_partition, summary_table
 
-    partition = (
-        Path(args.partition)
-        if args.partition
-        else _default_partition_dir(builtin_dataset_path(), "domain_mix", 20, 0)
-    )
+    # no argument: the partition the default `rayfed-bpt run` uses (made if missing)
+    cfg = ExperimentConfig()
+    partition = Path(args.partition) if args.partition else resolve_partition(cfg.data, cfg.seed)
     reader = PartitionReader(partition, verify=False)
     print(summary_table(reader, max_rows=args.max_rows))
     png = plot_partition(reader, args.png or partition / "partition.png")
@@ -359,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument(
         "partition",
         nargs="?",
-        help="partition folder with manifest.json (default: the built-in "
-        "digits4 domain_mix partition of 20 clients, seed 0)",
+        help="partition folder with manifest.json (default: the one the default "
+        "`rayfed-bpt run` uses)",
     )
     sh.add_argument("--png", help="where to write the plot (default: <partition>/partition.png)")
     sh.add_argument("--max-rows", type=int, default=50)

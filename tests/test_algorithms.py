@@ -24,6 +24,7 @@ ALL = [
     "gaussian_vi",
     "pfedbayespt_beta0",
 ]
+ABLATIONS = {"gaussian_vi", "pfedbayespt_beta0"}
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +152,13 @@ def test_same_config_and_seed_same_metrics(part4):
     timing = ("round_seconds", "eval_seconds")
     strip = [{k: v for k, v in m.items() if k not in timing} for m in a]
     assert strip == [{k: v for k, v in m.items() if k not in timing} for m in b]
-    cfg.seed = 1
+    cfg.seed, cfg.train.rounds = 1, 1
     c = run_reference(cfg, log=None)
-    assert c[-1]["train_loss"] != a[-1]["train_loss"]
+    assert c[0]["train_loss"] != a[0]["train_loss"]
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ABLATIONS else n
+                                  for n in ALL])  # ablations: pFedBayesPT with one option changed
 def test_every_method_learns_well_above_chance(name, part4):
     history = run_reference(small_cfg(part4, name, rounds=3), log=None)
     last = history[-1]

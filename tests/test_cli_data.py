@@ -30,7 +30,7 @@ def test_help_everywhere(cmd, tmp_path):
     assert "usage: rayfed-bpt" in r.stdout
 
 
-def test_prepare_partition_show(tmp_path):
+def test_prepare_partition_show(tmp_path, monkeypatch):
     root = tmp_path / "root"
     r = cli("data", "prepare", env_root=root)
     assert "16797 examples" in r.stdout
@@ -38,7 +38,8 @@ def test_prepare_partition_show(tmp_path):
     r = cli(
         "data", "partition", "--partitioner", "domain_mix", "--num-clients", "20", env_root=root
     )
-    part = root / "partitions" / "digits4-domain_mix-20c-s0"
+    part = root / "partitions" / "digits4-domain_mix-b0.5-20c-s0"  # the one folder namer
+    assert str(part) in r.stdout
     manifest = json.loads((part / "manifest.json").read_text())
     assert len(manifest["clients"]) == 20
     assert len(list(part.glob("client_*.arrow"))) == 20
@@ -46,6 +47,15 @@ def test_prepare_partition_show(tmp_path):
     assert "train examples per client" in r.stdout
     png = part / "partition.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # no argument: the partition a default `rayfed-bpt run` uses (made by the same namer)
+    r = cli("data", "show", env_root=root)
+    assert "train examples per client" in r.stdout
+    from rayfed_bpt.config import ExperimentConfig
+    from rayfed_bpt.data.recipe import resolve_partition
+
+    monkeypatch.setenv("RAYFED_BPT_DATA", str(root))
+    used_by_run = resolve_partition(ExperimentConfig().data, 0)  # exists: only named here
+    assert f"wrote {used_by_run / 'partition.png'}" in r.stdout
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,7 @@ def two_node_cluster(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow  # 2 min: `pytest -m slow` (CI runs it after the default suite)
 def test_two_node_cluster_run_and_sweep(two_node_cluster, digits4, tmp_path):
     c = two_node_cluster
     part = write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0),

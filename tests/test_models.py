@@ -86,8 +86,11 @@ def test_deep_prompt_replaces_tokens_at_every_block(pv):
         pv(x, torch.randn(2, pv.depth - 1, L, pv.embed_dim))
 
 
-def test_prompt_insertion_in_another_timm_vit():
-    """Any timm VisionTransformer, here one with avg pooling and no class token."""
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax"])
+def test_prompt_insertion_in_another_timm_vit(pool):
+    """Any timm VisionTransformer, here without a class token and with each of timm's
+    patch poolings: a zero-length prompt must read out exactly what timm does (avgmax
+    is the mean of max and mean, not the max), and a prompt must not be pooled."""
     vit = timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
@@ -95,10 +98,17 @@ def test_prompt_insertion_in_another_timm_vit():
         patch_size=8,
         depth=2,
         class_token=False,
-        global_pool="avg",
+        global_pool=pool,
         num_classes=0,
     )
     pv = PromptedViT(vit.eval())
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(pv(x), vit(x), atol=1e-5)
-    assert pv(x, torch.randn(2, 4, vit.embed_dim)).shape == (2, vit.embed_dim)
+    prompt = torch.randn(2, 4, vit.embed_dim)
+    assert pv(x, prompt).shape == (2, vit.embed_dim)
+    # independent readout: run the blocks by hand, pool the 16 patch tokens only
+    h = torch.cat([prompt, vit._pos_embed(vit.patch_embed(x))], 1)
+    patches = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(h))))[:, 4:]
+    want = {"avg": patches.mean(1), "max": patches.amax(1),
+            "avgmax": 0.5 * (patches.mean(1) + patches.amax(1))}[pool]
+    assert torch.allclose(pv(x, prompt), vit.fc_norm(want), atol=1e-5)

@@ -59,7 +59,8 @@ class Crash(RoundListener):
             raise KeyboardInterrupt(f"crash after round {self.at}")
 
 
-@pytest.mark.parametrize("name", ["pfedbayespt", "pfedpg", "fedrep_vpt"])
+@pytest.mark.parametrize("name", ["pfedbayespt", pytest.param("pfedpg", marks=pytest.mark.slow),
+                                  pytest.param("fedrep_vpt", marks=pytest.mark.slow)])
 def test_resume_from_every_round_boundary_is_bit_identical(name, part4, tmp_path):
     cfg = small(part4, f"algorithm.name={name}")
     full = run_reference(cfg, log=None)
@@ -112,6 +113,7 @@ def test_a_crafted_pickle_checkpoint_is_refused_and_never_run(tmp_path):
         (run_dir / name).unlink()
 
 
+@pytest.mark.slow  # 50 s; the default suite has driver recreation and Ctrl-C + --resume
 def test_killed_driver_then_resume_matches_uninterrupted(part4, tmp_path):
     """The whole command stops after round 2 (the driver dies, no restarts allowed);
     `--resume` finishes with the numbers of the uninterrupted run, bit for bit."""

@@ -101,6 +101,7 @@ def test_smoke_sweep_asha_mlflow_and_best_config(tmp_path):
     assert "final: mean client acc" in r.stdout
 
 
+@pytest.mark.slow  # 110 s: `pytest -m slow` (CI runs it after the default suite)
 def test_interrupted_sweep_resumes_and_completes(tmp_path):
     proc = subprocess.Popen(CLI + ["tune", "--space", str(SMOKE), "--output-dir",
                                    str(tmp_path)], stdout=subprocess.PIPE,

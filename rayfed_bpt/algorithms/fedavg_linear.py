@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Algorithm, ClientData
+from .registry import register_algorithm
 
 
 class HeadModule(nn.Module):
@@ -15,6 +16,7 @@ class HeadModule(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
 
+@register_algorithm()
 class FedAvgLinear(Algorithm):
     name = "fedavg_linear"
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Algorithm, ClientData, check_options
+from .registry import register_algorithm
 
 
 class VPTModule(nn.Module):
@@ -20,6 +21,7 @@ class VPTModule(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
 
+@register_algorithm()
 class FedAvgVPT(Algorithm):
     name = "fedavg_vpt"
 

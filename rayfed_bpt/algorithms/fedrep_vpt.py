@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from .base import Phase
 from .fedavg_vpt import FedAvgVPT
+from .registry import register_algorithm
 
 
+@register_algorithm()
 class FedRepVPT(FedAvgVPT):
     name = "fedrep_vpt"
     personal_prefixes = ("head.",)

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..models.generator import ImplicitPromptGenerator, SigmaHead
 from ..models.sivi import reparameterize, sivi_loss
 from .base import Algorithm, ClientData, check_options
+from .registry import register_algorithm
 
 
 class BayesPromptModule(nn.Module):
@@ -51,6 +52,9 @@ class BayesPromptModule(nn.Module):
             self.prior_mean = nn.Parameter(torch.zeros(P))
 
 
+@register_algorithm("pfedbayespt_beta0", beta=0.0)  # ablation: no KL term
+@register_algorithm("gaussian_vi", d_eps=0)  # ablation: no implicit mixing
+@register_algorithm()
 class PFedBayesPT(Algorithm):
     name = "pfedbayespt"
 

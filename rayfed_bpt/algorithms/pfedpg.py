@@ -16,6 +16,7 @@ from torch import nn
 
 from .base import Phase, check_options
 from .fedavg_vpt import FedAvgVPT
+from .registry import register_algorithm
 
 
 class PGModule(nn.Module):
@@ -42,6 +43,7 @@ class PGModule(nn.Module):
         return self.generator(self.descriptors[client_id]).view(self.prompt_shape)
 
 
+@register_algorithm()
 class PFedPG(FedAvgVPT):
     name = "pfedpg"
     personal_prefixes = ("prompt",)

@@ -31,20 +31,17 @@ def resolve_partition(data: DataConfig, seed: int) -> Path:
         k=data.k,
         min_samples=data.min_samples,
     )
-    extra = (
-        f"-a{data.alpha}"
-        if cfg.partitioner == "dirichlet"
-        else (
-            f"-b{data.beta}" + (f"-la{data.label_alpha}" if data.label_alpha else "")
-            if cfg.partitioner == "domain_mix"
-            else f"-k{data.k}"
-            if cfg.partitioner == "k_classes"
-            else ""
-        )
-    )
-    out = (
-        default_data_root()
-        / "partitions"
-        / (f"{dataset.stem}-{cfg.partitioner}{extra}-{cfg.num_clients}c-s{pseed}")
-    )
+    out = partition_folder(dataset, cfg)
     return write_partition(load_dataset(dataset), cfg, out)  # keeps an identical one
+
+
+def partition_folder(dataset: Path, cfg: PartitionConfig) -> Path:
+    """The one name of a partition folder made from a recipe: ``rayfed-bpt data
+    partition`` writes it, ``rayfed-bpt run`` reuses it, ``data show`` finds it."""
+    extra = {
+        "dirichlet": f"-a{cfg.alpha}",
+        "domain_mix": f"-b{cfg.beta}" + (f"-la{cfg.label_alpha}" if cfg.label_alpha else ""),
+        "k_classes": f"-k{cfg.k}",
+    }.get(cfg.partitioner, "")
+    name = f"{dataset.stem}-{cfg.partitioner}{extra}-{cfg.num_clients}c-s{cfg.seed}"
+    return default_data_root() / "partitions" / name

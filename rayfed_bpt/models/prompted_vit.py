@@ -11,6 +11,7 @@ reproduces the plain ViT exactly.
 from __future__ import annotations
 
 import torch
+from timm.layers import global_pool_nlc
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -65,14 +66,14 @@ class PromptedViT(nn.Module):
         return self.pool(h, L)
 
     def pool(self, h: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """timm's own pooling, with the prompt tokens counted as prefix tokens (they are
+        not patches: an average over patches must not include them)."""
         vit = self.vit
-        if vit.global_pool == "token":
-            out = h[:, 0]
-        elif vit.global_pool in ("avg", "avgmax", "max"):
-            patches = h[:, self.num_prefix + num_prompts :]
-            out = patches.mean(1) if vit.global_pool == "avg" else patches.amax(1)
-        else:
-            raise ValueError(f"unsupported global_pool {vit.global_pool!r}")
+        if getattr(vit, "attn_pool", None) is not None:
+            raise ValueError("attention-pool ViTs are not supported for prompt tuning")
+        out = global_pool_nlc(h, pool_type=vit.global_pool,
+                              num_prefix_tokens=self.num_prefix + num_prompts,
+                              reduce_include_prefix=getattr(vit, "pool_include_prefix", False))
         return vit.fc_norm(out)
 
     @torch.no_grad()

@@ -102,35 +102,41 @@ class RayActorPool:
     # ----- dynamic scheduling --------------------------------------------------------------
     def _run(self, units: list[list[int]], submit: Callable, what: str, round: int) -> list:
         """Run every unit; the next unit goes to whichever actor finishes first (or, with
-        ``runtime.schedule=pinned``, to the actor that owns its first client: k % N)."""
+        ``runtime.schedule=pinned``, to the actor that owns its first client: k % N).
+
+        While at least one unit per actor is still queued, each actor gets a second
+        unit in flight (Ray queues it on the actor), so an actor never sits idle for the
+        driver's round trip between two units; the tail is handed out one at a time."""
         rt = self.cfg.runtime
         n = len(self.actors)
         pinned = rt.schedule == "pinned"
         queues = [deque() for _ in range(n if pinned else 1)]
         for u, unit in enumerate(units):
             queues[unit[0] % n if pinned else 0].append(u)
-        idle = list(range(n))
+        load = [0] * n  # units in flight per actor
+        gen = [0] * n  # bumped when actor i is replaced: its old units' errors are stale
         in_flight: dict = {}
         out: list = [None] * len(units)
         lost: Counter = Counter()
         deadline = time.monotonic() + rt.round_timeout_s
         while in_flight or any(queues):
-            for i in list(idle):
+            for i in range(n):
                 q = queues[i if pinned else 0]
-                if q:
+                depth = 2 if len(q) >= (1 if pinned else n) else 1
+                while q and load[i] < depth:
                     u = q.popleft()
-                    idle.remove(i)
-                    in_flight[submit(self.actors[i], units[u])] = (i, u)
+                    load[i] += 1
+                    in_flight[submit(self.actors[i], units[u])] = (i, gen[i], u)
             ready, _ = ray.wait(list(in_flight), num_returns=1,
                                 timeout=max(deadline - time.monotonic(), 0))
             if not ready:
                 busy = sorted(in_flight.values())
                 raise RayfedError(
-                    f"round {round + 1}: {what} of clients {[units[u] for _, u in busy]} on "
-                    f"client actor(s) {[i for i, _ in busy]} did not finish within "
+                    f"round {round + 1}: {what} of clients {[units[u] for *_, u in busy]} on "
+                    f"client actor(s) {sorted({i for i, *_ in busy})} did not finish within "
                     f"{rt.round_timeout_s:.0f}s (runtime.round_timeout_s). Raise the timeout, "
                     "or check the actors' logs (`ray logs` / the dashboard).")
-            i, u = in_flight.pop(ready[0])
+            i, g, u = in_flight.pop(ready[0])
             try:
                 out[u] = ray.get(ready[0])
             except ACTOR_ERRORS as e:
@@ -142,12 +148,17 @@ class RayActorPool:
                         f"checkpoint{' in ' + self.run_dir if self.run_dir else ''} is "
                         "intact: fix the cause and resume with `rayfed-bpt run --resume`."
                     ) from e
-                ray.kill(self.actors[i], no_restart=True)
-                self.actors[i] = self._new_actor(i)  # work queues until it has started
-                self.replaced += 1
-                queues[i if pinned else 0].appendleft(u)  # only the lost unit is redone
+                if g == gen[i]:  # first news of this death: replace the actor once
+                    ray.kill(self.actors[i], no_restart=True)
+                    self.actors[i] = self._new_actor(i)  # work queues until it has started
+                    self.replaced += 1
+                    gen[i] += 1
+                    load[i] = 0  # its other units fail too (stale gen) and are requeued
+                queues[i if pinned else 0].appendleft(u)  # only lost units are redone
+                continue
             except RayTaskError as e:
                 raise RayfedError(f"round {round + 1}: {what} of clients {units[u]} failed on "
                                   f"client actor {i}: {e.cause!r}") from e
-            idle.append(i)
+            if g == gen[i]:
+                load[i] -= 1
         return out
