@@ -122,6 +122,15 @@ class Tracker:
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
         return self.run_id
 
+    def has_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import time
 
@@ -157,10 +166,16 @@ class MlflowListener(RoundListener):
         self.tracker = Tracker(uri, experiment, artifact_root)
         self.fallback_uri: str | None = None
 
-    def start(self, run_id: str | None) -> str:
-        """Open (or reopen, on resume) this run's MLflow run; its id."""
-        return self.tracker.start(self.run_dir.name, self.params, run_id,
-                                  parent_run_id=self.parent_run_id)
+    def start(self, run_id: str | None, history: list[dict] = ()) -> str:
+        """Open (or reopen, on resume) this run's MLflow run; its id. A resumed run
+        pointed at another store (``--resume DIR --set tracking.tracking_uri=...``) gets
+        a new run there, with every round so far."""
+        moved = run_id is not None and not self.tracker.has_run(run_id)
+        run_id = self.tracker.start(self.run_dir.name, self.params, None if moved else run_id,
+                                    parent_run_id=self.parent_run_id)
+        for m in history if moved else ():
+            self.tracker.log_metrics(m, step=int(m["round"]))
+        return run_id
 
     def on_round(self, state: RunState, metrics: dict) -> None:
         try:

@@ -161,3 +161,30 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(part4, tmp_pa
         assert (f / "config.yaml").read_text().count(f"lr: {cfg['train']['lr']}") == 1
         lrs.add(cfg["train"]["lr"])
     assert lrs == {0.01, 0.05}
+
+
+def test_resume_into_another_tracking_store_replays_every_round(tmp_path):
+    """`--resume DIR --set tracking.tracking_uri=NEW`: the old run id is not in the new
+    store, so the run is created there with every round so far (no Ray needed)."""
+    from mlflow.tracking import MlflowClient
+
+    from rayfed_bpt.tracking import MlflowListener
+
+    def listener(db):
+        return MlflowListener(f"sqlite:///{tmp_path / db}", "rayfed_bpt", tmp_path / "art",
+                              tmp_path / "run", {"seed": 0}, None, note=print)
+
+    old = listener("old.db")
+    run_id = old.start(None)
+    history = [{"round": r, "acc_mean": 0.1 * r} for r in (1, 2)]
+    for m in history:
+        old.tracker.log_metrics(m, step=m["round"])
+    assert old.start(run_id, history) == run_id  # same store: reopened, nothing replayed
+    new = listener("new.db")
+    moved = new.start(run_id, history)
+    assert moved != run_id
+    client = MlflowClient(f"sqlite:///{tmp_path / 'new.db'}")
+    assert [(m.step, m.value) for m in client.get_metric_history(moved, "acc_mean")] == [
+        (1, 0.1), (2, 0.2)]
+    old_client = MlflowClient(f"sqlite:///{tmp_path / 'old.db'}")
+    assert len(old_client.get_metric_history(run_id, "acc_mean")) == 2  # not logged twice

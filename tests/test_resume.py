@@ -21,6 +21,7 @@ from rayfed_bpt.engine import (
     load_checkpoint,
     local_engine,
     run_reference,
+    save_checkpoint,
 )
 from rayfed_bpt.engine.setup import torch_threads
 from rayfed_bpt.errors import RayfedError
@@ -84,6 +85,10 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(part4, tmp_path):
     latest.write_bytes(latest.read_bytes()[:-50])  # cut short, as by a full disk
     state, _ = load_checkpoint(tmp_path)
     assert state.round == 1  # the previous checkpoint, intact
+    state.round = 2  # the resumed run redoes round 2: the damaged file must not become prev
+    save_checkpoint(tmp_path, state, cfg.to_dict())
+    latest.write_bytes(latest.read_bytes()[:-50])
+    assert load_checkpoint(tmp_path)[0].round == 1
     (tmp_path / "checkpoint.prev.safetensors").write_bytes(b"")
     with pytest.raises(RayfedError, match="no readable checkpoint"):
         load_checkpoint(tmp_path)

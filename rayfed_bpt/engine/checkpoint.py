@@ -49,16 +49,35 @@ def save_checkpoint(run_dir: str | Path, state: RunState, config: dict) -> Path:
     try:
         save_file(tensors, tmp, metadata={"rayfed_bpt": json.dumps(meta)})
         match_umask(tmp)
-        if _read_meta(Path(tmp))["round"] != state.round:  # read back before trusting it
+        with open(tmp, "rb") as f:  # on disk before it replaces anything
+            os.fsync(f.fileno())
+        if not _reads_back(Path(tmp), state.round, tensors):
             raise RayfedError(f"checkpoint written to {tmp} does not read back")
         latest = run_dir / LATEST
-        if latest.exists():
+        if latest.exists() and _readable(latest):  # a damaged latest never displaces prev
             os.replace(latest, run_dir / PREVIOUS)
         os.replace(tmp, latest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return run_dir / LATEST
+
+
+def _reads_back(path: Path, round: int, tensors: dict) -> bool:
+    """The written file holds this round and every tensor, bit for bit."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (_read_meta(path)["round"] == round and set(f.keys()) == set(tensors)
+                and all(f.get_tensor(k).equal(v) for k, v in tensors.items()))
+
+
+def _readable(path: Path) -> bool:
+    try:
+        _read_meta(path)
+    except RayfedError:
+        return False
+    return True
 
 
 def _read_meta(path: Path) -> dict:

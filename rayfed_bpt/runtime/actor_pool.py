@@ -120,13 +120,13 @@ class RayActorPool:
         lost: Counter = Counter()
         deadline = time.monotonic() + rt.round_timeout_s
         while in_flight or any(queues):
-            for i in range(n):
-                q = queues[i if pinned else 0]
-                depth = 2 if len(q) >= (1 if pinned else n) else 1
-                while q and load[i] < depth:
-                    u = q.popleft()
-                    load[i] += 1
-                    in_flight[submit(self.actors[i], units[u])] = (i, gen[i], u)
+            for depth in (1, 2):  # every free actor gets a unit before any gets a second
+                for i in range(n):
+                    q = queues[i if pinned else 0]
+                    if q and load[i] < depth and (depth == 1 or len(q) >= (1 if pinned else n)):
+                        u = q.popleft()
+                        load[i] += 1
+                        in_flight[submit(self.actors[i], units[u])] = (i, gen[i], u)
             ready, _ = ray.wait(list(in_flight), num_returns=1,
                                 timeout=max(deadline - time.monotonic(), 0))
             if not ready:

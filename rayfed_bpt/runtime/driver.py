@@ -190,7 +190,7 @@ class Driver:
         state = self.state or engine.initial_state()
         if self.tracker is not None:
             state.mlflow_run_id = self.tracker.start(
-                state.mlflow_run_id or self._progress["mlflow_run_id"])
+                state.mlflow_run_id or self._progress["mlflow_run_id"], state.history)
             self._update(mlflow_run_id=state.mlflow_run_id)
         self.timeline["tracking_ready"] = time.time()
         self._update(status="training", round=state.round)

@@ -299,6 +299,8 @@ class _Supervisor:
                      f"{self.cfg.runtime.max_driver_restarts})")
         if self.display is not None:
             self.display.restart()
+        # an unreachable (not dead) driver must not go on beside its successor
+        ray.kill(self.driver, no_restart=True)
         self.start(resume=True)
         self.done = self.driver.run.remote()
 
