@@ -24,7 +24,8 @@ ALL = [
     "gaussian_vi",
     "pfedbayespt_beta0",
 ]
-ABLATIONS = {"gaussian_vi", "pfedbayespt_beta0"}
+# presets of pFedBayesPT, and FedAvg-VPT with a personal part: learning checked in -m slow
+SLOW = {"gaussian_vi", "pfedbayespt_beta0", "local", "fedper_vpt"}
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +158,8 @@ def test_same_config_and_seed_same_metrics(part4):
     assert c[0]["train_loss"] != a[0]["train_loss"]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ABLATIONS else n
-                                  for n in ALL])  # ablations: pFedBayesPT with one option changed
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in ALL])
 def test_every_method_learns_well_above_chance(name, part4):
     history = run_reference(small_cfg(part4, name, rounds=3), log=None)
     last = history[-1]

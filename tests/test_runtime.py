@@ -40,7 +40,8 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("num_actors, extra", [
-    (1, []), (3, []),  # dynamic scheduling: any actor takes any client
+    pytest.param(1, [], marks=pytest.mark.slow),
+    (3, []),  # dynamic scheduling: any actor takes any client
     (2, ["runtime.schedule=pinned", "runtime.group_size=2"]),  # pinned; batched pairs
 ])
 def test_ray_equals_reference(num_actors, extra, part4, tmp_path, local_ray):

@@ -63,6 +63,7 @@ def test_bad_space_fails_before_ray(tmp_path):
     assert "Started a local Ray" not in r.stderr
 
 
+@pytest.mark.slow  # 90 s: `pytest -m slow` (CI runs it after the default suite)
 def test_smoke_sweep_asha_mlflow_and_best_config(tmp_path):
     r = subprocess.run(CLI + ["tune", "--space", str(SMOKE), "--output-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=900, env=ENV)
