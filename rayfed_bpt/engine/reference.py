@@ -19,7 +19,8 @@ from ..data.recipe import resolve_partition
 from ..errors import RayfedError
 from .loop import Engine, evaluated
 from .pool import ClientHost, InProcessPool
-from .setup import torch_threads, train_sizes
+from .schedule import train_sizes
+from .setup import torch_threads
 from .state import RoundListener, RunState
 
 

@@ -7,6 +7,11 @@ modules are loaded, so that client actors start while the driver sets up.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+    from ..data import PartitionReader
 
 #: clients trained as one batched pass on a GPU when ``runtime.group_size`` is auto
 #: (step_speed: batch 256 runs at ~7x the images/s of batch 32 on an H200)
@@ -19,6 +24,14 @@ def resolve_group_size(value: int | str, cuda: bool) -> int:
     if value == "auto":
         return GPU_GROUP_SIZE if cuda else 1
     return int(value)
+
+
+def train_sizes(reader: PartitionReader, cfg: ExperimentConfig) -> dict[int, int]:
+    """Training examples each client really uses (after ``max_train_per_client``):
+    the work a scheduler balances and the ``num_train`` a report shows."""
+    cap = cfg.data.max_train_per_client
+    return {k: min(reader.entry(k)["num_train"], cap if cap is not None else 1 << 62)
+            for k in reader.client_ids}
 
 
 def train_chunks(ids: list[int], sizes: dict[int, int], group_size: int) -> list[list[int]]:

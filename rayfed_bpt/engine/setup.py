@@ -73,14 +73,6 @@ def load_clients(reader: PartitionReader, client_ids, cfg: ExperimentConfig
     return {k: load_client(reader, k, cfg) for k in client_ids}
 
 
-def train_sizes(reader: PartitionReader, cfg: ExperimentConfig) -> dict[int, int]:
-    """Training examples each client really uses (after ``max_train_per_client``):
-    the work a scheduler balances and the ``num_train`` a report shows."""
-    cap = cfg.data.max_train_per_client
-    return {k: min(reader.entry(k)["num_train"], cap if cap is not None else 1 << 62)
-            for k in reader.client_ids}
-
-
 def sample_clients(num_clients: int, train: TrainConfig, seed: int, round: int) -> list[int]:
     """The clients of ``round``: a seeded choice, independent of any runtime."""
     if train.clients_per_round is not None:

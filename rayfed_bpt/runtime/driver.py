@@ -23,6 +23,7 @@ import ray
 
 from ..config import ExperimentConfig, from_dict
 from ..data import PartitionReader
+from ..engine.schedule import train_sizes
 from ..engine.state import RoundListener, RunState
 from ..errors import RayfedError
 from . import faults
@@ -162,9 +163,7 @@ class Driver:
             name = "rayfed-bpt-" + hashlib.sha1(str(self.run_dir).encode()).hexdigest()[:16]
             self.pg = make_placement_group(plan, self.cfg.runtime.placement_strategy,
                                            STARTUP_TIMEOUT_S, name)
-        cap = self.cfg.data.max_train_per_client
-        sizes = {k: min(self.reader.entry(k)["num_train"], cap or 1 << 62)
-                 for k in self.reader.client_ids}
+        sizes = train_sizes(self.reader, self.cfg)
         return RayActorPool(self.cfg, self.partition_dir, sizes, plan, self.pg,
                             self.bundle_offset, str(self.run_dir))
 
@@ -212,7 +211,6 @@ class Driver:
 
     def _write_artifacts(self, state: RunState, engine, infos: list[dict]) -> None:
         from ..engine.loop import evaluated
-        from ..engine.setup import train_sizes
         from ..reporting import plot_domains, plot_history, write_client_csv, write_config
 
         out = self.run_dir / "results"
@@ -221,7 +219,7 @@ class Driver:
         history = evaluated(state.history)
         if engine.last_evals:
             write_client_csv(out / "clients.csv", engine.last_evals,
-                             self.reader.info.domain_names, train_sizes(self.reader, self.cfg))
+                             self.reader.info.domain_names, self.pool.sizes)
         if history:
             plot_history(out / "accuracy_vs_round.png", history, f"{name}: test accuracy")
             plot_domains(out / "domain_accuracy.png", history[-1],
