@@ -1,9 +1,16 @@
-"""Experiment configuration: nested dataclasses, YAML files and dotted overrides.
+"""Experiment configuration: the schemas, YAML files and dotted overrides.
 
-Unknown keys and bad values are rejected here, before anything starts, with
-a message naming the key and what is allowed. Algorithm options are checked
-against the chosen algorithm's own ``Options`` dataclass where the run is set
-up (``engine.setup.make_algorithm``). No torch here: this is the ground floor.
+The ground floor: every default is written here once, with the help text the
+CLI, ``rayfed-bpt config`` and docs/config.md show. Unknown keys and bad values
+are rejected before anything starts, with a message naming the key and what is
+allowed. Algorithm options are checked against the chosen algorithm's own
+``Options`` where the run is set up (``engine.setup.make_algorithm``); the
+partitioner's name where the partition is resolved (``data.recipe``). No torch,
+no numpy and no imports from the rest of the package here.
+
+Plain dataclasses, not pydantic: with our ``from_dict`` they give one-line
+messages that name the dotted key (pydantic's carry a model path and an error
+URL), pickle across Ray as they are, and cost no import time in the entry process.
 """
 
 from __future__ import annotations
@@ -20,42 +27,90 @@ import yaml
 from .errors import ConfigError
 
 
+def knob(default: Any = None, help: str = "", factory: Any = None) -> Any:
+    """A config field with its help text (shown by --help, `rayfed-bpt config`, docs)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# Keys that were renamed: an old name in a file or override is refused with the new one.
+RENAMED = {
+    "data.alpha": "data.label_alpha",
+    "data.beta": "data.domain_alpha",
+    "data.partition_seed": "data.seed",
+}
+
+
 @dataclass
-class DataConfig:
-    dataset: str | None = None  # a dataset .arrow file; None: the built-in digits4
-    partition_dir: str | None = None  # an existing partition; None: made from the fields below
-    partitioner: str = "domain_mix"
-    num_clients: int = 20
-    alpha: float = 0.5
-    beta: float = 0.5
-    label_alpha: float | None = None
-    k: int = 2
-    min_samples: int = 10
-    partition_seed: int | None = None  # None: the experiment seed
-    max_train_per_client: int | None = None  # subsample for quick runs
-    max_test_per_client: int | None = None
+class PartitionConfig:
+    """A partition's recipe: with the dataset it fixes who holds which example.
+
+    The one recipe type: ``rayfed-bpt data partition`` takes its fields as options,
+    ``data:`` in a run's config extends it (``DataConfig``), the partitioners in
+    ``data/partition.py`` read it and the partition manifest records it.
+    """
+
+    partitioner: str = knob("domain_mix", "iid | dirichlet | k_classes | domain | domain_mix "
+                            "(see README, Partitioners)")
+    num_clients: int = knob(20, "how many clients the dataset is split among")
+    seed: int | None = knob(None, "partition seed; unset: the run's seed (0 in `data partition`)")
+    domain_alpha: float = knob(0.5, "domain_mix: Dirichlet concentration of each client's "
+                               "domain mix (small: few domains per client)")
+    label_alpha: float | None = knob(None, "Dirichlet concentration of the label skew: dirichlet "
+                                     "needs it; domain_mix skews labels only when it is set")
+    k: int = knob(2, "k_classes: classes per client")
+    min_samples: int = knob(10, "least training examples per client")
+    max_draws: int = knob(100, "random partitioners redraw at most this often to meet "
+                          "min_samples")
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
             raise ConfigError(f"data.num_clients must be >= 1, got {self.num_clients}")
-        for name in ("alpha", "beta", "label_alpha"):
+        for name in ("domain_alpha", "label_alpha"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"data.{name} must be > 0 (a Dirichlet concentration), got {v}")
-        if self.k < 1 or self.min_samples < 0:
-            raise ConfigError(f"data.k must be >= 1 and data.min_samples >= 0, got k={self.k}, "
-                              f"min_samples={self.min_samples}")
+        if self.partitioner == "dirichlet" and self.label_alpha is None:
+            raise ConfigError("data.partitioner=dirichlet needs data.label_alpha (the label "
+                              "skew, e.g. 0.5; smaller is more skewed)")
+        if self.k < 1 or self.min_samples < 0 or self.max_draws < 1:
+            raise ConfigError(f"data.k must be >= 1, data.min_samples >= 0 and data.max_draws "
+                              f">= 1, got k={self.k}, min_samples={self.min_samples}, "
+                              f"max_draws={self.max_draws}")
+
+    def recipe(self, seed: int = 0) -> PartitionConfig:
+        """The bare recipe (a ``DataConfig`` carries more), its seed filled in."""
+        own = {f.name: getattr(self, f.name) for f in fields(PartitionConfig)}
+        return PartitionConfig(**{**own, "seed": seed if self.seed is None else self.seed})
+
+
+@dataclass
+class DataConfig(PartitionConfig):
+    dataset: str | None = knob(None, "a dataset .arrow file; unset: the built-in digits4")
+    partition_dir: str | None = knob(None, "an existing partition folder; unset: made (once) "
+                                     "from the recipe fields")
+    max_train_per_client: int | None = knob(None, "subsample each client's train split "
+                                            "(quick runs)")
+    max_test_per_client: int | None = knob(None, "subsample each client's test split")
+    val_fraction: float = knob(0.0, "share of each client's train split held out for "
+                               "validation (stratified by label, seeded); 0: none")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("max_train_per_client", "max_test_per_client"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"data.{name} must be >= 1 or unset, got {v}")
+        if not 0 <= self.val_fraction < 0.9:
+            raise ConfigError(f"data.val_fraction must lie in [0, 0.9), got {self.val_fraction}")
 
 
 @dataclass
 class BackboneConfig:
-    source: str = "builtin"  # builtin | timm | file
-    name: str | None = None
-    checkpoint: str | None = None
+    source: str = knob("builtin", "builtin | timm | file")
+    name: str | None = knob(None, "timm model name (source timm or file)")
+    checkpoint: str | None = knob(None, "weights file, .safetensors (source file)")
 
     def __post_init__(self) -> None:
         if self.source not in ("builtin", "timm", "file"):
@@ -64,14 +119,18 @@ class BackboneConfig:
 
 @dataclass
 class TrainConfig:
-    rounds: int = 10
-    clients_per_round: int | None = None  # None: use fraction (None too: every client)
-    fraction: float | None = 0.25  # share of clients sampled per round
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    eval_every: int = 5
+    rounds: int = knob(10, "aggregation rounds")
+    clients_per_round: int | None = knob(None, "clients sampled per round; unset: use fraction "
+                                         "(unset too: every client)")
+    fraction: float | None = knob(0.25, "share of clients sampled per round")
+    local_epochs: int = knob(1, "passes over a client's train split per round")
+    batch_size: int = knob(32, "examples per local step")
+    lr: float = knob(1e-2, "learning rate of the local optimizer")
+    weight_decay: float = knob(0.0, "weight decay of the local optimizer")
+    eval_every: int = knob(5, "evaluate every this many rounds (and after the last)")
+    eval_test: bool = knob(True, "evaluate the test split at each evaluation; sweeps turn it "
+                           "off: they choose on validation and evaluate the chosen config's "
+                           "test split once, at the end")
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "batch_size", "eval_every"):
@@ -92,25 +151,29 @@ FAULTS = ("driver_exit", "actor_exit", "pause")
 class RuntimeConfig:
     """How the run maps onto Ray: actors, resources, timeouts, output."""
 
-    address: str | None = None  # None: $RAY_ADDRESS, else a local Ray
-    num_actors: int | None = None  # None: as many as the resources allow
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float | None = None  # None: 0.25 on a cluster with GPUs, else 0
-    gpu_memory_fraction: float | None = None  # None: = gpus_per_actor (a real cap)
-    placement_strategy: str = "SPREAD"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
-    round_timeout_s: float = 1800.0
-    max_actor_restarts: int = 3  # times one work unit may be lost to a dying client actor
-    max_driver_restarts: int = 2  # a dead driver actor is recreated from the last checkpoint
-    group_size: int | str = "auto"  # clients per batched pass: auto = 1 on CPU, 8 on a GPU
-    schedule: str = "dynamic"  # dynamic: a work unit to whichever actor is free; pinned: k % N
-    client_cache: int = 1024  # opened client shards (and cached features) kept per actor
-    output_dir: str = "rayfed_runs"
-    run_name: str | None = None
-    checkpoint_every: int = 1
-    # Deterministic fault injection, for tests: "driver_exit@K" (the driver actor dies
-    # after round K's checkpoint), "actor_exit@K" (a client actor dies as it starts its
-    # first work of round K), "pause@K" (the run waits after round K until told to go on).
-    faults: list = field(default_factory=list)
+    address: str | None = knob(None, "Ray cluster address; unset: $RAY_ADDRESS, else a local Ray")
+    num_actors: int | None = knob(None, "client actors; unset: as many as the resources allow")
+    cpus_per_actor: float = knob(1.0, "CPUs reserved per client actor (and its torch threads)")
+    gpus_per_actor: float | None = knob(None, "GPU share per client actor; unset: 0.25 on a "
+                                        "cluster with GPUs, else 0")
+    gpu_memory_fraction: float | None = knob(None, "CUDA memory cap per actor; unset: = "
+                                             "gpus_per_actor")
+    placement_strategy: str = knob("SPREAD", "PACK | SPREAD | STRICT_PACK | STRICT_SPREAD")
+    round_timeout_s: float = knob(1800.0, "a round that takes longer fails the run")
+    max_actor_restarts: int = knob(3, "times one work unit may be lost to a dying client actor")
+    max_driver_restarts: int = knob(2, "a dead driver actor is recreated from the last "
+                                    "checkpoint this often")
+    group_size: int | str = knob("auto", "clients per batched pass: auto = 1 on CPU, 8 on a GPU")
+    schedule: str = knob("dynamic", "dynamic: a work unit to whichever actor is free; "
+                         "pinned: client k to actor k % N")
+    client_cache: int = knob(1024, "opened client shards (and cached features) kept per actor")
+    output_dir: str = knob("rayfed_runs", "where run folders (and the default MLflow store) go")
+    run_name: str | None = knob(None, "run folder and MLflow run name; unset: timestamp + suffix")
+    checkpoint_every: int = knob(1, "write a checkpoint every this many rounds")
+    faults: list = knob(help="deterministic fault injection, for tests: driver_exit@K (the "
+                        "driver dies after round K's checkpoint), actor_exit@K (a client "
+                        "actor dies as it starts round K), pause@K (wait after round K)",
+                        factory=list)
 
     @property
     def threads(self) -> int:
@@ -155,29 +218,76 @@ class RuntimeConfig:
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite under output_dir
-    experiment: str = "rayfed_bpt"
+    enabled: bool = knob(True, "log to MLflow")
+    tracking_uri: str | None = knob(None, "MLflow store; unset: $MLFLOW_TRACKING_URI, else "
+                                    "SQLite under output_dir")
+    experiment: str = knob("rayfed_bpt", "MLflow experiment name")
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "pfedbayespt"
-    options: dict = field(default_factory=dict)
+    name: str = knob("pfedbayespt", "the algorithm (README, Algorithms)")
+    options: dict = knob(help="the algorithm's own options (README, Algorithms)", factory=dict)
 
 
 @dataclass
 class ExperimentConfig:
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = knob(0, "seed of sampling, initialisation and (unset data.seed) the partition")
+    data: DataConfig = knob(factory=DataConfig)
+    backbone: BackboneConfig = knob(factory=BackboneConfig)
+    train: TrainConfig = knob(factory=TrainConfig)
+    algorithm: AlgorithmConfig = knob(factory=AlgorithmConfig)
+    runtime: RuntimeConfig = knob(factory=RuntimeConfig)
+    tracking: TrackingConfig = knob(factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.train.eval_test and self.data.val_fraction == 0:
+            raise ConfigError("train.eval_test=false needs data.val_fraction > 0: with no "
+                              "validation split there is nothing to evaluate")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_values(self, values: dict[str, Any]) -> ExperimentConfig:
+        """A checked copy with dotted keys set to (already typed) values, e.g. a Tune
+        trial's point: ``cfg.with_values({"train.lr": 0.01})``. No text round trip."""
+        d = self.to_dict()
+        for key, value in values.items():
+            node = d
+            *parents, last = key.split(".")
+            for p in parents:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"{key}: {p} is not a config section")
+                node = node[p]
+            node[last] = value
+        return from_dict(ExperimentConfig, d)
+
+
+def schema_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, Any, str, str]]:
+    """Every config key as (dotted key, default, type, help): the source of truth that
+    `rayfed-bpt config`, docs/config.md and the derived CLI options agree with."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += schema_keys(hints[f.name], key + ".")
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        tp = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+        out.append((key, default, str(tp).replace("NoneType", "None"), f.metadata.get("help", "")))
+    return out
+
+
+def reference_markdown() -> str:
+    """The table of every config key (docs/config.md is this, checked by a test)."""
+    lines = ["| key | default | type | what it is |", "|---|---|---|---|"]
+    for key, default, tp, help_ in schema_keys():
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...")
+        cells = [f"`{key}`", f"`{shown}`", tp, help_]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") if i > 1 else c
+                                       for i, c in enumerate(cells)) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -236,6 +346,10 @@ def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:
     unknown = sorted(set(d) - set(names))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        for u in unknown:
+            if where + u in RENAMED:
+                raise ConfigError(f"{where + u} was renamed {RENAMED[where + u]}: write "
+                                  f"{RENAMED[where + u]}={d[u]!r} instead")
         raise ConfigError(
             f"unknown config key(s) {[where + u for u in unknown]}; allowed under "
             f"{prefix or 'the top level'}: {names}"

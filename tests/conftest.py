@@ -33,6 +33,16 @@ def digits4(digits4_path):
     return load_dataset(digits4_path)
 
 
+@pytest.fixture(scope="session")
+def part4(digits4, tmp_path_factory):
+    """Four domain_mix clients of digits-4: the small partition most tests run on
+    (read only; a test that alters a partition copies it first)."""
+    from rayfed_bpt.data import PartitionConfig, write_partition
+
+    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0),
+                           tmp_path_factory.mktemp("p4") / "dm4")
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A real local Ray with 2 CPUs for one test module."""

@@ -7,7 +7,7 @@ import torch
 
 from rayfed_bpt.algorithms import ClientResult, ClientTask, create_algorithm, list_algorithms
 from rayfed_bpt.config import ExperimentConfig, TrainConfig, from_dict
-from rayfed_bpt.data import PartitionConfig, PartitionReader, write_partition
+from rayfed_bpt.data import PartitionReader
 from rayfed_bpt.engine import run_reference
 from rayfed_bpt.engine.reference import main as reference_main
 from rayfed_bpt.engine.setup import load_clients, sample_clients
@@ -23,15 +23,10 @@ ALL = [
     "fedavg_linear",
     "gaussian_vi",
     "pfedbayespt_beta0",
+    "oracle_domain_vpt",
 ]
-# presets of pFedBayesPT, and FedAvg-VPT with a personal part: learning checked in -m slow
-SLOW = {"gaussian_vi", "pfedbayespt_beta0", "local", "fedper_vpt"}
-
-
-@pytest.fixture(scope="module")
-def part4(digits4, tmp_path_factory):
-    out = tmp_path_factory.mktemp("p4") / "dm4"
-    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0), out)
+# presets of pFedBayesPT, FedAvg-VPT with a personal part, the oracle: learning in -m slow
+SLOW = {"gaussian_vi", "pfedbayespt_beta0", "local", "fedper_vpt", "oracle_domain_vpt"}
 
 
 def small_cfg(part4, name="pfedbayespt", rounds=3, **train):

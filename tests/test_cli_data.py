@@ -38,7 +38,7 @@ def test_prepare_partition_show(tmp_path, monkeypatch):
     r = cli(
         "data", "partition", "--partitioner", "domain_mix", "--num-clients", "20", env_root=root
     )
-    part = root / "partitions" / "digits4-domain_mix-b0.5-20c-s0"  # the one folder namer
+    part = root / "partitions" / "digits4-domain_mix-da0.5-20c-s0"  # the one folder namer
     assert str(part) in r.stdout
     manifest = json.loads((part / "manifest.json").read_text())
     assert len(manifest["clients"]) == 20
@@ -61,7 +61,8 @@ def test_prepare_partition_show(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "args, msg",
     [
-        (["data", "partition", "--alpha", "0", "--partitioner", "dirichlet"], "alpha must be > 0"),
+        (["data", "partition", "--label-alpha", "0", "--partitioner", "dirichlet"],
+         "label_alpha must be > 0"),
         (["data", "partition", "--num-clients", "100000"], "clients but only"),
         (["data", "prepare", "image_folder", "--source", "/no/such/dir"], "does not exist"),
         (["data", "prepare", "cifar10"], "needs --source PATH"),
@@ -75,6 +76,8 @@ def test_bad_input_is_one_clear_line(args, msg, tmp_path, digits4_path):
     assert msg in r.stderr and "Traceback" not in r.stderr
 
 
-def test_unknown_partitioner_is_rejected_by_the_parser(tmp_path):
+def test_unknown_partitioner_is_rejected_before_anything_is_written(tmp_path):
     r = cli("data", "partition", "--partitioner", "nope", env_root=tmp_path, check=False)
-    assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr
+    assert r.returncode == 2 and "unknown partitioner 'nope'" in r.stderr
+    assert "domain_mix" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "partitions").exists()

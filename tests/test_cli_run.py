@@ -46,11 +46,11 @@ def test_bad_algorithm_options_fail_before_any_file(option, msg, digits4, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-def test_probe_measures_one_client_actor(digits4, tmp_path):
+def test_size_actors_measures_one_client_actor(digits4, tmp_path):
     from rayfed_bpt.data import PartitionConfig, write_partition
 
     part = write_partition(digits4, PartitionConfig("iid", num_clients=3), tmp_path / "p3")
-    r = cli("probe", "--set", f"data.partition_dir={part}", "data.max_train_per_client=40",
+    r = cli("size-actors", "--set", f"data.partition_dir={part}", "data.max_train_per_client=40",
             "data.max_test_per_client=20", "algorithm.options.prompt_len=2")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "one client actor (pfedbayespt, batch 32" in r.stdout and "GiB" in r.stdout

@@ -10,7 +10,6 @@ import pytest
 
 from rayfed_bpt.cli import main as cli_main
 from rayfed_bpt.config import load_config
-from rayfed_bpt.data import PartitionConfig, write_partition
 from rayfed_bpt.engine import run_reference
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.experiments import paper_suite
@@ -85,12 +84,6 @@ def test_run_key_ignores_where_a_run_goes_not_what_it_computes():
     assert run_key((*base, "train.lr=0.03")) != k
     assert run_key((*base, "train.eval_every=1")) != k
     assert run_key(base, {"S16": {"eval_samples": 16}}) != k
-
-
-@pytest.fixture(scope="module")
-def part4(digits4, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ex") / "dm4"
-    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0), out)
 
 
 def tiny(part4, *extra):

@@ -14,19 +14,12 @@ import pytest
 from _net import free_port, start_mlflow_server
 
 from rayfed_bpt.config import load_config
-from rayfed_bpt.data import PartitionConfig, write_partition
 from rayfed_bpt.engine import load_checkpoint, run_reference
 from rayfed_bpt.runtime import run_experiment
 from rayfed_bpt.runtime.faults import paused, release
 
 SKIP = {"round_seconds", "eval_seconds"}
 CLI = [sys.executable, "-m", "rayfed_bpt.cli", "run"]
-
-
-@pytest.fixture(scope="module")
-def part4(digits4, tmp_path_factory):
-    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0),
-                           tmp_path_factory.mktemp("faults") / "p4")
 
 
 def overrides(part, out, *extra):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from rayfed_bpt.data.partition import PartitionConfig, partition_indices, systematic_round
+from rayfed_bpt.config import PartitionConfig, from_dict
+from rayfed_bpt.data.partition import partition_indices, systematic_round
 from rayfed_bpt.errors import ConfigError, DataError
 
 C, D = 10, 4
@@ -25,7 +26,8 @@ def run(**kw):
 
 @pytest.mark.parametrize("name", ["iid", "dirichlet", "k_classes", "domain", "domain_mix"])
 def test_disjoint_and_split_respecting(name):
-    cfg, part, (labels, domains, is_train) = run(partitioner=name, num_clients=12)
+    extra = {"label_alpha": 0.5} if name == "dirichlet" else {}
+    cfg, part, (labels, domains, is_train) = run(partitioner=name, num_clients=12, **extra)
     train = np.concatenate(part.train)
     test = np.concatenate(part.test)
     assert len(np.unique(train)) == len(train), "a train example went to two clients"
@@ -43,9 +45,9 @@ def test_iid_is_balanced():
 
 
 def test_dirichlet_alpha_controls_label_skew():
-    def skew(alpha):
+    def skew(label_alpha):
         _, part, (labels, _, _) = run(
-            partitioner="dirichlet", num_clients=10, alpha=alpha, min_samples=1
+            partitioner="dirichlet", num_clients=10, label_alpha=label_alpha, min_samples=1
         )
         # mean over clients of the largest label share
         return np.mean([np.bincount(labels[t], minlength=C).max() / len(t) for t in part.train])
@@ -68,8 +70,9 @@ def test_domain_gives_one_domain_per_client():
 
 
 def test_domain_mix_holds_several_domains_and_beta_controls_it():
-    def domains_per_client(beta):
-        _, part, (_, domains, _) = run(partitioner="domain_mix", num_clients=10, beta=beta)
+    def domains_per_client(domain_alpha):
+        _, part, (_, domains, _) = run(partitioner="domain_mix", num_clients=10,
+                                            domain_alpha=domain_alpha)
         shares = [np.bincount(domains[t], minlength=D) / len(t) for t in part.train]
         return np.mean([(s > 0.05).sum() for s in shares])
 
@@ -99,7 +102,7 @@ def test_every_client_gets_test_examples_even_when_tiny():
 
 def test_test_split_follows_client_mix():
     _, part, (labels, domains, _) = run(
-        partitioner="domain_mix", num_clients=6, beta=0.3, label_alpha=0.5
+        partitioner="domain_mix", num_clients=6, domain_alpha=0.3, label_alpha=0.5
     )
     for tr, te in zip(part.train, part.test):
         cells_tr = np.bincount(domains[tr] * C + labels[tr], minlength=C * D) / len(tr)
@@ -109,9 +112,9 @@ def test_test_split_follows_client_mix():
 
 
 def test_same_seed_same_partition_other_seed_differs():
-    _, a, _ = run(partitioner="dirichlet", num_clients=5, seed=3)
-    _, b, _ = run(partitioner="dirichlet", num_clients=5, seed=3)
-    _, c, _ = run(partitioner="dirichlet", num_clients=5, seed=4)
+    _, a, _ = run(partitioner="dirichlet", label_alpha=0.5, num_clients=5, seed=3)
+    _, b, _ = run(partitioner="dirichlet", label_alpha=0.5, num_clients=5, seed=3)
+    _, c, _ = run(partitioner="dirichlet", label_alpha=0.5, num_clients=5, seed=4)
     assert all(np.array_equal(x, y) for x, y in zip(a.train + a.test, b.train + b.test))
     assert not all(np.array_equal(x, y) for x, y in zip(a.train, c.train))
 
@@ -131,16 +134,16 @@ def test_systematic_round_is_exact_in_sum_and_unbiased():
 
 def test_min_samples_unreachable_is_a_clear_error_not_a_loop():
     with pytest.raises(DataError, match="could not give every one of 50 clients at least 100"):
-        run(partitioner="dirichlet", num_clients=50, alpha=0.05, min_samples=100, max_draws=5)
+        run(partitioner="dirichlet", num_clients=50, label_alpha=0.05, min_samples=100,
+            max_draws=5)
 
 
 @pytest.mark.parametrize(
     "kw, msg",
     [
-        (dict(partitioner="nope"), "unknown partitioner 'nope'"),
-        (dict(alpha=0.0), "alpha must be > 0"),
-        (dict(alpha=-1.0), "alpha must be > 0"),
-        (dict(beta=0.0), "beta must be > 0"),
+        (dict(partitioner="dirichlet", label_alpha=0.0), "label_alpha must be > 0"),
+        (dict(partitioner="dirichlet", label_alpha=-1.0), "label_alpha must be > 0"),
+        (dict(domain_alpha=0.0), "domain_alpha must be > 0"),
         (dict(num_clients=0), "num_clients must be >= 1"),
     ],
 )
@@ -149,9 +152,14 @@ def test_bad_options(kw, msg):
         PartitionConfig(**kw)
 
 
+def test_unknown_partitioner_names_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"unknown partitioner 'nope'.*'domain_mix'"):
+        run(partitioner="nope")
+
+
 def test_unknown_option_names_allowed_ones():
-    with pytest.raises(ConfigError, match=r"unknown partition options \['alhpa'\].*alpha"):
-        PartitionConfig.from_dict({"partitioner": "dirichlet", "alhpa": 0.1})
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['data.alhpa'\].*label_alpha"):
+        from_dict(PartitionConfig, {"partitioner": "dirichlet", "alhpa": 0.1}, "data")
 
 
 def test_more_clients_than_examples():

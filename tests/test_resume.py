@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from rayfed_bpt.config import load_config
-from rayfed_bpt.data import PartitionConfig, write_partition
 from rayfed_bpt.engine import (
     CheckpointWriter,
     RoundListener,
@@ -28,12 +27,6 @@ from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.runtime.launch import config_of_run
 
 SKIP = {"round_seconds", "eval_seconds"}
-
-
-@pytest.fixture(scope="module")
-def part4(digits4, tmp_path_factory):
-    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0),
-                           tmp_path_factory.mktemp("resume") / "p4")
 
 
 def small(part, *extra):

@@ -7,17 +7,10 @@ import pytest
 import ray
 
 from rayfed_bpt.config import load_config
-from rayfed_bpt.data import PartitionConfig, write_partition
 from rayfed_bpt.engine import run_reference
 from rayfed_bpt.runtime import run_experiment
 
 SKIP = {"round_seconds", "eval_seconds"}
-
-
-@pytest.fixture(scope="module")
-def part4(digits4, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rt") / "dm4"
-    return write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0), out)
 
 
 def cfg_for(part4, tmp_path, *extra):

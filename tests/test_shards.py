@@ -54,9 +54,9 @@ def test_shards_are_memory_mapped_not_copied(part_dir):
 def test_manifest_records_config_dataset_and_version(digits4, part_dir):
     m = json.loads((part_dir / "manifest.json").read_text())
     assert m["schema_version"] == SCHEMA_VERSION
-    assert m["partition"]["partitioner"] == "domain_mix" and m["partition"]["beta"] == 0.5
+    assert m["partition"]["partitioner"] == "domain_mix" and m["partition"]["domain_alpha"] == 0.5
     assert m["dataset"]["sha256"] == digits4.sha256
-    assert "alpha" not in m["partition"]  # only the options that matter
+    assert "k" not in m["partition"]  # only the options that matter
 
 
 def test_same_config_same_bytes(digits4, part_dir, tmp_path):
@@ -138,7 +138,8 @@ def test_existing_output_needs_overwrite_and_failed_write_leaves_nothing(digits4
     with pytest.raises(DataError, match="could not give every"):
         write_partition(
             digits4,
-            PartitionConfig("dirichlet", num_clients=200, alpha=0.01, min_samples=60, max_draws=2),
+            PartitionConfig("dirichlet", num_clients=200, label_alpha=0.01, min_samples=60,
+                            max_draws=2),
             out,
             overwrite=True,
         )

@@ -7,7 +7,16 @@ each algorithm registers itself (and its ablation presets) in its own file.
 from __future__ import annotations
 
 # importing a module registers the algorithms it defines
-from . import fedavg_linear, fedavg_vpt, fedper_vpt, fedrep_vpt, local, pfedbayespt, pfedpg  # noqa: F401
+from . import (  # noqa: F401
+    domain_oracle,
+    fedavg_linear,
+    fedavg_vpt,
+    fedper_vpt,
+    fedrep_vpt,
+    local,
+    pfedbayespt,
+    pfedpg,
+)
 from .base import Algorithm, ClientData, ClientResult, ClientTask, seed_for
 from .registry import algorithm_options, list_algorithms, lookup, register_algorithm
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig, from_dict
+from ..data.holdout import carve_val
 from ..errors import ConfigError
 from ..models import PromptedViT, normalize
 
@@ -55,14 +56,28 @@ class ClientData:
 
     @classmethod
     def from_shard(
-        cls, shard, max_train: int | None = None, max_test: int | None = None, seed: int = 0
+        cls, shard, max_train: int | None = None, max_test: int | None = None, seed: int = 0,
+        val_fraction: float = 0.0,
     ) -> ClientData:
+        """A client's splits from its shard. With ``val_fraction`` a "val" split is carved
+        from the train rows first (``carve_val``, seeded by run seed and client), then the
+        caps apply: ``max_train`` to what train keeps, ``max_test`` to val and test."""
+        rows: dict[str, tuple[str, np.ndarray | None, int | None]] = {
+            "train": ("train", None, max_train), "test": ("test", None, max_test)}
+        if val_fraction > 0:
+            keep, val = carve_val(shard.labels("train"), val_fraction,
+                                  seed_for(seed, "val", shard.client_id))
+            rows["train"] = ("train", keep, max_train)
+            rows["val"] = ("train", val, max_test)
         images, labels, domains = {}, {}, {}
-        for split, cap in (("train", max_train), ("test", max_test)):
-            x, y, d = shard.images(split), shard.labels(split), shard.domains(split)
-            if cap is not None and len(y) > cap:
+        for split, (part, idx, cap) in rows.items():
+            x, y, d = shard.images(part), shard.labels(part), shard.domains(part)
+            n = len(y) if idx is None else len(idx)
+            if cap is not None and n > cap:
                 rng = np.random.default_rng(seed_for(seed, "subsample", shard.client_id, split))
-                idx = np.sort(rng.choice(len(y), cap, replace=False))
+                pick = np.sort(rng.choice(n, cap, replace=False))
+                idx = pick if idx is None else idx[pick]
+            if idx is not None:
                 x, y, d = x[idx], y[idx], d[idx]
             images[split] = x
             labels[split] = torch.as_tensor(np.asarray(y, np.int64))

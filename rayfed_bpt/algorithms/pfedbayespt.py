@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.generator import ImplicitPromptGenerator, SigmaHead
-from ..models.sivi import reparameterize, sivi_loss
+from ..models.sivi import reparameterize, sivi_diagnostics, sivi_loss
 from .base import Algorithm, ClientData, check_options
 from .registry import register_algorithm
 
@@ -37,19 +37,27 @@ class BayesPromptModule(nn.Module):
         super().__init__()
         self.prompt_shape = prompt_shape
         P = math.prod(prompt_shape)
+        Z = opts.code_dim or P  # where the posterior lives: the prompt, or a code of it
         self.generator = ImplicitPromptGenerator(
             feat_dim,
-            P,
+            Z,
             d_eps=opts.d_eps,
             hidden=opts.hidden,
             rank=opts.rank,
             noise=opts.noise,
             noise_scale=opts.noise_scale,
         )
-        self.sigma = SigmaHead(feat_dim, P, mode=opts.sigma, init_logvar=opts.init_logvar)
+        self.sigma = SigmaHead(feat_dim, Z, mode=opts.sigma, init_logvar=opts.init_logvar)
         self.head = nn.Linear(prompt_shape[-1], num_classes)
-        if opts.prior == "learnable":
-            self.prior_mean = nn.Parameter(torch.zeros(P))
+        if opts.prior == "learnable":  # (with a code: decoded, the prior is a global prompt)
+            self.prior_mean = nn.Parameter(torch.zeros(Z))
+        if opts.code_dim:  # made last, so the default (no code) draws the same init
+            self.decoder = nn.Linear(Z, P)
+            nn.init.zeros_(self.decoder.bias)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The prompt (flat) of a code ``z``: linear, learned, federated like the rest."""
+        return self.decoder(z) if hasattr(self, "decoder") else z
 
 
 @register_algorithm("pfedbayespt_beta0", beta=0.0)  # ablation: no KL term
@@ -67,6 +75,9 @@ class PFedBayesPT(Algorithm):
         noise_scale: float = 1.0  # std of Gaussian mixing noise
         hidden: int = 256
         rank: int | None = None  # low-rank generator output hidden -> r -> L*D
+        # the posterior over a d_z-dim code z decoded linearly to the L*D prompt: in few
+        # dimensions J draws give real entropy credit (None: over the prompt itself)
+        code_dim: int | None = None
         sigma: str = "feature"  # feature (noise-free head of e(x)) | global
         init_logvar: float = -4.0
         J: int = 4  # extra psi draws in the bound
@@ -91,6 +102,8 @@ class PFedBayesPT(Algorithm):
             eval_samples=(1, 1024),
             beta_warmup_rounds=(0, 10**6),
         )
+        if o.code_dim is not None and not 1 <= o.code_dim <= 4096:
+            raise ConfigError(f"algorithm option code_dim={o.code_dim} must lie in [1, 4096]")
         for key, allowed in (
             ("noise", ("bernoulli", "gaussian")),
             ("sigma", ("feature", "global")),
@@ -126,15 +139,16 @@ class PFedBayesPT(Algorithm):
         psi = module.generator(e, eps)  # (J+1, B, P); psi[0] makes p
         logvar = module.sigma(e)  # (B, P), shared by every psi_j
         xi = self.randn(psi.shape[1:], gen)
-        p = reparameterize(psi[0], logvar, xi)
+        p = reparameterize(psi[0], logvar, xi)  # the prompt, or its code
         rest = (data.y("train", idx).to(x.device), p, psi, logvar, self.beta_at(round))
-        return x, p.view(B, *self.prompt_shape), rest
+        return x, module.decode(p).view(B, *self.prompt_shape), rest
 
     def step_loss(self, module, feats, rest):
         y, p, psi, logvar, beta = rest
         prior_mean = getattr(module, "prior_mean", 0.0)
-        return sivi_loss(module.head(feats), y, p, psi, logvar, beta, prior_mean,
-                         per_dim=self.opts.kl_per_dim)
+        loss, parts = sivi_loss(module.head(feats), y, p, psi, logvar, beta, prior_mean,
+                                per_dim=self.opts.kl_per_dim)
+        return loss, {**parts, **sivi_diagnostics(psi, logvar, p)}
 
     @torch.no_grad()
     def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:
@@ -148,11 +162,11 @@ class PFedBayesPT(Algorithm):
             x, e = data.x(split, idx, self.backbone), feats[idx]
             B = len(idx)
             if o.eval_mode == "mean":
-                prompts = module.generator(e, module.generator.mean_noise((1, B)))
+                prompts = module.decode(module.generator(e, module.generator.mean_noise((1, B))))
             else:
                 psi = module.generator(e, module.generator.sample_noise((o.eval_samples, B), gen))
                 xi = self.randn(psi.shape, gen)
-                prompts = reparameterize(psi, module.sigma(e), xi)
+                prompts = module.decode(reparameterize(psi, module.sigma(e), xi))
             # (S, B, P): on a GPU all S samples go through the backbone as one pass of
             # S*B images; on a CPU one pass per sample (measured 1.5x faster there)
             per_pass = len(prompts) if self.device.type == "cuda" else 1

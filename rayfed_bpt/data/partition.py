@@ -8,93 +8,60 @@ with ``W`` = each client's train counts per (domain, label) cell, so a
 client's test part follows its own label and domain mix.
 
 - ``iid``        one cell, equal weights.
-- ``dirichlet``  cells = labels, each label's column ~ Dirichlet(alpha) over clients.
+- ``dirichlet``  cells = labels, each label's column ~ Dirichlet(label_alpha) over clients.
 - ``k_classes``  cells = labels, client k holds ``k`` classes (balanced cover).
 - ``domain``     cells = domains, one domain per client (round robin).
 - ``domain_mix`` cells = (domain, label); client k draws domain proportions
-  ``pi_k ~ Dirichlet(beta)`` (several domains per client, the intra-client
+  ``pi_k ~ Dirichlet(domain_alpha)`` (several domains per client, the intra-client
   heterogeneity pFedBayesPT targets) and, when ``label_alpha`` is set, label
   proportions ``lambda_k ~ Dirichlet(label_alpha)``; ``W[k, (d, c)] = pi_kd * lambda_kc``.
+
+Each is registered by name (``@register_partitioner``) with the recipe options it
+reads; the recipe type itself is ``config.PartitionConfig``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..config import PartitionConfig
 from ..errors import ConfigError, DataError
 
-PARTITIONERS = ("iid", "dirichlet", "k_classes", "domain", "domain_mix")
-# The options each partitioner reads, beyond num_clients, seed, min_samples.
-OPTIONS = {
-    "iid": (),
-    "dirichlet": ("alpha",),
-    "k_classes": ("k",),
-    "domain": (),
-    "domain_mix": ("beta", "label_alpha"),
-}
-RANDOM_WEIGHTS = ("dirichlet", "domain_mix")  # partitioners that may redraw for min_samples
+# name -> (weights function, the recipe options it reads beyond num_clients, seed,
+# min_samples, max_draws, whether it draws at random and may redraw for min_samples)
+_PARTITIONERS: dict[str, tuple[Callable, tuple[str, ...], bool]] = {}
 
 
-@dataclass(frozen=True)
-class PartitionConfig:
-    """A partition's recipe; together with the dataset and the seed it fixes the result."""
+def register_partitioner(name: str, reads: tuple[str, ...] = (), random: bool = False):
+    """Make ``fn(cfg, labels, domains, num_classes, num_domains, rng) -> (cells, W)``
+    the partitioner ``name``: adding one is one decorated function."""
 
-    partitioner: str = "domain_mix"
-    num_clients: int = 20
-    seed: int = 0
-    alpha: float = 0.5
-    beta: float = 0.5
-    label_alpha: float | None = None
-    k: int = 2
-    min_samples: int = 10
-    max_draws: int = 100
-    extra: dict = field(default_factory=dict)
+    def deco(fn: Callable) -> Callable:
+        _PARTITIONERS[name] = (fn, reads, random)
+        return fn
 
-    def __post_init__(self) -> None:
-        if self.partitioner not in PARTITIONERS:
-            raise ConfigError(
-                f"unknown partitioner {self.partitioner!r}; allowed: {list(PARTITIONERS)}"
-            )
-        if self.extra:
-            raise ConfigError(
-                f"unknown partition options {sorted(self.extra)}; {self.partitioner!r} takes "
-                f"{list(OPTIONS[self.partitioner]) + ['num_clients', 'seed', 'min_samples']}"
-            )
-        if self.num_clients < 1:
-            raise ConfigError(f"num_clients must be >= 1, got {self.num_clients}")
-        for name in ("alpha", "beta"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(
-                    f"{name} must be > 0 (a Dirichlet concentration), got {getattr(self, name)}"
-                )
-        if self.label_alpha is not None and self.label_alpha <= 0:
-            raise ConfigError(f"label_alpha must be > 0 or unset, got {self.label_alpha}")
-        if self.k < 1:
-            raise ConfigError(f"k must be >= 1, got {self.k}")
-        if self.min_samples < 0 or self.max_draws < 1:
-            raise ConfigError("min_samples must be >= 0 and max_draws >= 1")
+    return deco
 
-    @classmethod
-    def from_dict(cls, d: dict) -> PartitionConfig:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        extra = {k: v for k, v in d.items() if k not in known}
-        return cls(**{k: v for k, v in d.items() if k in known}, extra=extra)
 
-    def to_dict(self) -> dict:
-        """The options that matter for this partitioner (what a manifest records)."""
-        d = asdict(self)
-        d.pop("extra")
-        keep = {
-            "partitioner",
-            "num_clients",
-            "seed",
-            "min_samples",
-            "max_draws",
-            *OPTIONS[self.partitioner],
-        }
-        return {k: v for k, v in d.items() if k in keep}
+def partitioner_names() -> list[str]:
+    return list(_PARTITIONERS)
+
+
+def _partitioner(name: str) -> tuple[Callable, tuple[str, ...], bool]:
+    if name not in _PARTITIONERS:
+        raise ConfigError(f"unknown partitioner {name!r} (data.partitioner / --partitioner); "
+                          f"allowed: {partitioner_names()}")
+    return _PARTITIONERS[name]
+
+
+def recipe_record(cfg: PartitionConfig) -> dict:
+    """The recipe options that matter for its partitioner (what a manifest records)."""
+    _, reads, _ = _partitioner(cfg.partitioner)
+    keep = ("partitioner", "num_clients", "seed", "min_samples", "max_draws", *reads)
+    return {f.name: getattr(cfg, f.name) for f in fields(PartitionConfig) if f.name in keep}
 
 
 @dataclass
@@ -161,27 +128,39 @@ def _give_every_client_a_test_example(owner: np.ndarray, cells: np.ndarray,
                 break
 
 
-def _weights(cfg: PartitionConfig, labels, domains, num_classes, num_domains, rng):
-    """(cells per example, weight matrix clients x cells) for one draw."""
+@register_partitioner("iid")
+def _iid(cfg, labels, domains, num_classes, num_domains, rng):
+    return np.zeros(len(labels), np.int64), np.ones((cfg.num_clients, 1))
+
+
+@register_partitioner("dirichlet", reads=("label_alpha",), random=True)
+def _dirichlet(cfg, labels, domains, num_classes, num_domains, rng):
+    return labels, rng.dirichlet(np.full(cfg.num_clients, cfg.label_alpha), size=num_classes).T
+
+
+@register_partitioner("k_classes", reads=("k",))
+def _k_classes(cfg, labels, domains, num_classes, num_domains, rng):
+    if cfg.k > num_classes:
+        raise ConfigError(f"k={cfg.k} exceeds the dataset's {num_classes} classes")
+    perm = rng.permutation(num_classes)
+    w = np.zeros((cfg.num_clients, num_classes))
+    for i in range(cfg.num_clients):
+        w[i, perm[(i * cfg.k + np.arange(cfg.k)) % num_classes]] = 1
+    return labels, w
+
+
+@register_partitioner("domain")
+def _domain(cfg, labels, domains, num_classes, num_domains, rng):
     K = cfg.num_clients
-    if cfg.partitioner == "iid":
-        return np.zeros(len(labels), np.int64), np.ones((K, 1))
-    if cfg.partitioner == "dirichlet":
-        return labels, rng.dirichlet(np.full(K, cfg.alpha), size=num_classes).T
-    if cfg.partitioner == "k_classes":
-        if cfg.k > num_classes:
-            raise ConfigError(f"k={cfg.k} exceeds the dataset's {num_classes} classes")
-        perm = rng.permutation(num_classes)
-        w = np.zeros((K, num_classes))
-        for i in range(K):
-            w[i, perm[(i * cfg.k + np.arange(cfg.k)) % num_classes]] = 1
-        return labels, w
-    if cfg.partitioner == "domain":
-        w = np.zeros((K, num_domains))
-        w[np.arange(K), rng.permutation(K) % num_domains] = 1
-        return domains, w
-    # domain_mix
-    pi = rng.dirichlet(np.full(num_domains, cfg.beta), size=K)  # K x D
+    w = np.zeros((K, num_domains))
+    w[np.arange(K), rng.permutation(K) % num_domains] = 1
+    return domains, w
+
+
+@register_partitioner("domain_mix", reads=("domain_alpha", "label_alpha"), random=True)
+def _domain_mix(cfg, labels, domains, num_classes, num_domains, rng):
+    K = cfg.num_clients
+    pi = rng.dirichlet(np.full(num_domains, cfg.domain_alpha), size=K)  # K x D
     if cfg.label_alpha is None:
         lam = np.ones((K, num_classes))
     else:
@@ -220,11 +199,14 @@ def partition_indices(
             f"{K} clients x min_samples={cfg.min_samples} = {K * cfg.min_samples} exceeds the "
             f"{n_train} training examples. Lower --min-samples or use fewer clients."
         )
+    weights, _, random = _partitioner(cfg.partitioner)
+    if cfg.seed is None:
+        cfg = cfg.recipe(0)
     rng = np.random.default_rng(cfg.seed)
-    draws = cfg.max_draws if cfg.partitioner in RANDOM_WEIGHTS else 1
+    draws = cfg.max_draws if random else 1
     smallest = 0
     for _ in range(draws):
-        cells, w = _weights(
+        cells, w = weights(
             cfg, labels[train_idx], domains[train_idx], num_classes, num_domains, rng
         )
         owner = deal(cells, w, rng)
@@ -234,11 +216,11 @@ def partition_indices(
             break
     else:
         hint = {
-            "dirichlet": "raise --alpha",
-            "domain_mix": "raise --beta / --label-alpha",
+            "dirichlet": "raise --label-alpha",
+            "domain_mix": "raise --domain-alpha / --label-alpha",
         }.get(cfg.partitioner, "check the partitioner options")
         raise DataError(
-            f"partitioner {cfg.partitioner!r} ({cfg.to_dict()}) could not give every one of "
+            f"partitioner {cfg.partitioner!r} ({recipe_record(cfg)}) could not give every one of "
             f"{K} clients at least {max(cfg.min_samples, 1)} training examples in {draws} "
             f"draw(s) (smallest client: {smallest}). Lower --min-samples, use fewer clients, "
             f"or {hint}."

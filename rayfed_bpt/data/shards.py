@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..config import PartitionConfig
 from ..errors import DataError
 from .arrow_io import match_umask, read_table, sha256_file, write_json, write_table
 from .dataset import Dataset
-from .partition import PartitionConfig, partition_indices
+from .partition import partition_indices, recipe_record
 from .schema import SCHEMA_VERSION, DatasetInfo, check_schema_version, images_view
 
 MANIFEST = "manifest.json"
@@ -41,6 +42,7 @@ def write_partition(
 ) -> Path:
     """Partition ``dataset`` by ``cfg`` and write shards + manifest to ``out_dir``."""
     out_dir = Path(out_dir)
+    cfg = cfg.recipe(0)  # the bare recipe (a run's DataConfig carries more); unset seed: 0
     if out_dir.exists() and not overwrite:
         if _same_recipe(out_dir, dataset, cfg):
             return out_dir  # already written from this dataset with this config
@@ -94,7 +96,7 @@ def write_partition(
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "dataset": {"path": str(dataset.path), "sha256": dataset.sha256, **info.to_json()},
-            "partition": cfg.to_dict(),
+            "partition": recipe_record(cfg),
             "num_clients": cfg.num_clients,
             "clients": clients,
         }
@@ -127,7 +129,7 @@ def _same_recipe(out_dir: Path, dataset: Dataset, cfg: PartitionConfig) -> bool:
         return False
     return (
         m.get("schema_version") == SCHEMA_VERSION
-        and m.get("partition") == cfg.to_dict()
+        and m.get("partition") == recipe_record(cfg)
         and bool(dataset.sha256)
         and m.get("dataset", {}).get("sha256") == dataset.sha256
         and all((out_dir / c["file"]).exists() for c in m.get("clients", []))

@@ -17,7 +17,7 @@ _HOME = {
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "Engine": "loop", "evaluated": "loop", "state_bytes": "loop",
     "ClientHost": "pool", "ClientPool": "pool", "InProcessPool": "pool",
-    "local_engine": "reference", "run_reference": "reference",
+    "evaluate_run": "reference", "local_engine": "reference", "run_reference": "reference",
     "RoundListener": "state", "RunState": "state",
 }
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from ..algorithms.base import Algorithm, State
-from ..algorithms.evaluation import ClientEval, summarize, train_loss
+from ..algorithms.evaluation import ClientEval, split_prefix, summarize, train_metrics
 from ..config import ExperimentConfig
 from .pool import ClientPool
 from .setup import sample_clients
@@ -46,15 +46,29 @@ class Engine:
         t = self.cfg.train
         return (round + 1) % t.eval_every == 0 or round + 1 == t.rounds
 
-    def evaluate(self, state: RunState, options: dict | None = None) -> dict[str, float]:
-        """Every client on its own test split, with its own personal state."""
+    def eval_splits(self) -> tuple[str, ...]:
+        """What an evaluation covers: the validation split when the run holds one out, the
+        test split unless ``train.eval_test`` is off (sweeps choose on validation only)."""
+        return ((("val",) if self.cfg.data.val_fraction > 0 else ())
+                + (("test",) if self.cfg.train.eval_test else ()))
+
+    def evaluate(self, state: RunState, options: dict | None = None,
+                 splits: Sequence[str] | None = None) -> dict[str, float]:
+        """Every client on its own ``splits`` (default ``eval_splits``) in one pass, with
+        its own personal state: test metrics unprefixed, validation ones ``val_``."""
         round = max(state.round - 1, 0)
-        evals = sorted(self.pool.evaluate(state.global_state, state.personal, round, options),
-                       key=lambda e: e.client_id)
-        if options is None:
-            self.last_evals = evals
-        # options are test-time ones (S, the mean prompt): what is personal stays so
-        return summarize(evals, self.domain_names, self.alg.has_global_model)
+        splits = tuple(splits or self.eval_splits())
+        evals = sorted(self.pool.evaluate(state.global_state, state.personal, round, options,
+                                          splits), key=lambda e: e.client_id)
+        out: dict[str, float] = {}
+        for split in splits:
+            part = [e for e in evals if e.split == split]
+            if options is None and split == "test":
+                self.last_evals = part
+            # options are test-time ones (S, the mean prompt): what is personal stays so
+            summary = summarize(part, self.domain_names, self.alg.has_global_model)
+            out.update({split_prefix(split) + k: v for k, v in summary.items()})
+        return out
 
     def step(self, state: RunState) -> dict:
         """Run round ``state.round``; update ``state``; return the round's metrics."""
@@ -69,7 +83,7 @@ class Engine:
             state.personal[res.client_id] = res.personal
         state.global_state = self.alg.aggregate(state.global_state, results, r)
         state.round = r + 1
-        m: dict = {"round": r + 1, "train_loss": train_loss(results)}
+        m: dict = {"round": r + 1, **train_metrics(results)}
         if self.evaluates(r):
             t_eval = time.perf_counter()
             m.update(self.evaluate(state))
@@ -92,5 +106,5 @@ class Engine:
 
 
 def evaluated(history: list[dict]) -> list[dict]:
-    """The rounds that ended with an evaluation."""
-    return [m for m in history if "acc_mean" in m]
+    """The rounds that ended with an evaluation (of the test or the validation split)."""
+    return [m for m in history if "acc_mean" in m or "val_acc_mean" in m]

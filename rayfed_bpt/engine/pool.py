@@ -14,6 +14,7 @@ actor wraps one. Both compute through the same code, so they agree.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 
 from ..algorithms.base import ClientData, ClientResult, ClientTask, State
@@ -30,8 +31,10 @@ class ClientPool(Protocol):
         """Train the clients in ``personal`` (id -> its personal state) for one round."""
 
     def evaluate(self, global_state: State, personal: dict[int, State], round: int,
-                 options: dict | None = None) -> list[ClientEval]:
-        """Evaluate the clients in ``personal``; ``options`` override algorithm options."""
+                 options: dict | None = None, splits: Sequence[str] = ("test",)
+                 ) -> list[ClientEval]:
+        """Evaluate the clients in ``personal`` on each of ``splits``; ``options`` override
+        algorithm options."""
 
     def close(self) -> None: ...
 
@@ -77,11 +80,12 @@ class ClientHost:
         return out
 
     def evaluate(self, global_state: State, personal: dict[int, State], round: int,
-                 options: dict | None = None) -> list[ClientEval]:
+                 options: dict | None = None, splits: Sequence[str] = ("test",)
+                 ) -> list[ClientEval]:
         alg = self.alg if not options else self._variant(options)
         n = self.reader.info.num_domains
-        return [client_eval(alg, global_state, personal[k], self.client(k), round, n)
-                for k in personal]
+        return [client_eval(alg, global_state, personal[k], data, round, n, split)
+                for k in personal for data in [self.client(k)] for split in splits]
 
     def _variant(self, options: dict):
         key = repr(sorted(options.items()))
@@ -105,8 +109,8 @@ class InProcessPool:
             out += self.host.train(global_state, {k: personal[k] for k in chunk}, round)
         return out
 
-    def evaluate(self, global_state, personal, round, options=None):
-        return self.host.evaluate(global_state, personal, round, options)
+    def evaluate(self, global_state, personal, round, options=None, splits=("test",)):
+        return self.host.evaluate(global_state, personal, round, options, splits)
 
     def close(self) -> None:
         pass

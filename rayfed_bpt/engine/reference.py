@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from ..config import ExperimentConfig, load_config
+import yaml
+
+from ..config import ExperimentConfig, from_dict, load_config
 from ..data import PartitionReader
 from ..data.recipe import resolve_partition
-from ..errors import RayfedError
+from ..errors import ConfigError, RayfedError
+from .checkpoint import load_checkpoint
 from .loop import Engine, evaluated
 from .pool import ClientHost, InProcessPool
 from .schedule import train_sizes
@@ -32,15 +36,44 @@ def local_engine(cfg: ExperimentConfig, listeners: Sequence[RoundListener] = ())
     return Engine(cfg, host.alg, pool, reader.client_ids, reader.info.domain_names, listeners)
 
 
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """Evaluate a finished run once on ``split``: every client's personal state with the
+    global state of the run's latest checkpoint, in this process; the metrics a round
+    reports (``round`` and test keys unprefixed, validation ones ``val_``).
+
+    Sweeps choose a config on validation with ``train.eval_test`` off, then report the
+    chosen trial's test metrics this way, once: ``split`` is evaluated whatever the run's
+    config says. Same config, state and round as the last round: the same numbers. A run
+    stopped early (a scheduler's decision) is evaluated at its last checkpoint; ``round``
+    says which."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = from_dict(ExperimentConfig, yaml.safe_load(path.read_text()))
+    if split not in ("test", "val"):
+        raise ConfigError(f"split={split!r}; allowed: test, val")
+    if split == "val" and cfg.data.val_fraction == 0:
+        raise ConfigError(f"{run_dir} holds out no validation split (data.val_fraction is 0)")
+    found = load_checkpoint(run_dir)
+    if found is None:
+        raise RayfedError(f"{run_dir} has no checkpoint to evaluate")
+    state = found[0]
+    with torch_threads(cfg.runtime.threads):
+        return {"round": state.round, **local_engine(cfg).evaluate(state, splits=(split,))}
+
+
 class _Log(RoundListener):
     def __init__(self, log: Callable[[str], None], rounds: int):
         self.log, self.rounds = log, rounds
 
     def on_round(self, state: RunState, m: dict) -> None:
-        if "acc_mean" in m:
+        shown = [f"{p.replace('_', ' ')}acc mean {m[p + 'acc_mean']:.3f} std "
+                 f"{m[p + 'acc_std']:.3f} min {m[p + 'acc_min']:.3f}"
+                 for p in ("val_", "") if p + "acc_mean" in m]
+        if shown:
             self.log(f"round {m['round']:3d}/{self.rounds}  loss {m['train_loss']:.3f}  "
-                     f"acc mean {m['acc_mean']:.3f} std {m['acc_std']:.3f} min "
-                     f"{m['acc_min']:.3f}  ({m['round_seconds']:.1f}s)")
+                     f"{'  '.join(shown)}  ({m['round_seconds']:.1f}s)")
 
 
 def run_reference(

@@ -27,11 +27,20 @@ def resolve_group_size(value: int | str, cuda: bool) -> int:
 
 
 def train_sizes(reader: PartitionReader, cfg: ExperimentConfig) -> dict[int, int]:
-    """Training examples each client really uses (after ``max_train_per_client``):
-    the work a scheduler balances and the ``num_train`` a report shows."""
-    cap = cfg.data.max_train_per_client
-    return {k: min(reader.entry(k)["num_train"], cap if cap is not None else 1 << 62)
-            for k in reader.client_ids}
+    """Training examples each client really uses (after the validation carve, then
+    ``max_train_per_client``): the work a scheduler balances and the ``num_train`` a report
+    shows. Read off the manifest's label counts, as ``ClientData.from_shard`` carves."""
+    from ..data.holdout import val_counts
+
+    d = cfg.data
+    cap = d.max_train_per_client if d.max_train_per_client is not None else 1 << 62
+    out = {}
+    for k in reader.client_ids:
+        e = reader.entry(k)
+        held = int(val_counts(e["label_counts"]["train"], d.val_fraction).sum()
+                   if d.val_fraction > 0 else 0)
+        out[k] = min(e["num_train"] - held, cap)
+    return out
 
 
 def train_chunks(ids: list[int], sizes: dict[int, int], group_size: int) -> list[list[int]]:

@@ -65,7 +65,7 @@ def with_options(cfg: ExperimentConfig, options: dict) -> ExperimentConfig:
 def load_client(reader: PartitionReader, k: int, cfg: ExperimentConfig) -> ClientData:
     d = cfg.data
     return ClientData.from_shard(reader.load(k), d.max_train_per_client, d.max_test_per_client,
-                                 cfg.seed)
+                                 cfg.seed, d.val_fraction)
 
 
 def load_clients(reader: PartitionReader, client_ids, cfg: ExperimentConfig

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..algorithms import list_algorithms
+from ..config import ExperimentConfig, load_config
 
 #: the order of rows in every table: the method first, then baselines, then ablations
 METHODS = (
@@ -58,6 +59,11 @@ class RunSpec:
     study: str = ""  # sensitivity: the option studied
     value: str = ""  # sensitivity: its value; tune: the learning rate
     final_evals: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def config(self) -> ExperimentConfig:
+        """The run's checked config object (what crosses to the Ray task)."""
+        return load_config(None, list(self.overrides))
 
     def label(self) -> str:
         extra = (f" {self.study}={self.value}" if self.study and self.value else
@@ -105,8 +111,7 @@ class Suite:
 
     def _overrides(self, setting: Setting, method: str, seed: int, lr: float,
                    curves: bool) -> tuple[str, ...]:
-        rounds = [int(o.split("=")[1]) for o in self.common + setting.overrides
-                  if o.startswith("train.rounds=")][-1]  # the last override wins
+        rounds = load_config(None, [*self.common, *setting.overrides]).train.rounds
         every = setting.curve_every if curves else rounds
         return (*self.common, *setting.overrides, f"algorithm.name={method}", f"seed={seed}",
                 f"train.lr={lr}", f"train.eval_every={every}")
@@ -156,8 +161,6 @@ class Suite:
 
 def run_key(overrides: tuple[str, ...], final_evals: dict | None = None) -> str:
     """What identifies a run's result: its resolved config (and any extra evaluations)."""
-    from ..config import load_config
-
     cfg = load_config(None, list(overrides)).to_dict()
     for part in ("runtime", "tracking"):  # where a run is executed or logged: not its result
         cfg.pop(part, None)
@@ -219,21 +222,22 @@ def paper_suite(quick: bool = False) -> Suite:
         n, pop, pop_round, pop_rounds, pop_test = 20, 100, 10, 15, 20
     settings = (
         Setting("domain_mix", f"Feature heterogeneity, intra-client: domain_mix (Dirichlet 0.5 "
-                f"over domains), {n} clients", ("data.partitioner=domain_mix", "data.beta=0.5",
+                f"over domains), {n} clients", ("data.partitioner=domain_mix",
+                                                "data.domain_alpha=0.5",
                                                 f"data.num_clients={n}", "train.fraction=0.5"),
                 curve_every=1 if quick else 2),
         Setting("one_domain", f"Feature heterogeneity, one domain per client, {n} clients",
                 ("data.partitioner=domain", f"data.num_clients={n}", "train.fraction=0.5"),
                 curve_every=1 if quick else 2),
         Setting("label_dir0.1", f"Label heterogeneity: Dirichlet 0.1 over labels, {n} clients",
-                ("data.partitioner=dirichlet", "data.alpha=0.1", f"data.num_clients={n}",
+                ("data.partitioner=dirichlet", "data.label_alpha=0.1", f"data.num_clients={n}",
                  "train.fraction=0.5"), curve_every=1 if quick else 2),
         Setting("label_dir0.5", f"Label heterogeneity: Dirichlet 0.5 over labels, {n} clients",
-                ("data.partitioner=dirichlet", "data.alpha=0.5", f"data.num_clients={n}",
+                ("data.partitioner=dirichlet", "data.label_alpha=0.5", f"data.num_clients={n}",
                  "train.fraction=0.5"), curve_every=1 if quick else 2),
         Setting("population", f"Population: {pop} clients, {pop_round} per round, domain_mix "
                 "x label Dirichlet 0.5",
-                ("data.partitioner=domain_mix", "data.beta=0.5", "data.label_alpha=0.5",
+                ("data.partitioner=domain_mix", "data.domain_alpha=0.5", "data.label_alpha=0.5",
                  f"data.num_clients={pop}", "train.fraction=null",
                  f"train.clients_per_round={pop_round}", f"train.rounds={pop_rounds}",
                  f"data.max_test_per_client={pop_test}"), curve_every=1 if quick else 5),

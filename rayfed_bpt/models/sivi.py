@@ -50,6 +50,30 @@ def sivi_kl(
     return sivi_log_marginal(p, psi, logvar) - log_normal_diag(p, prior_mean, 0.0)
 
 
+@torch.no_grad()
+def sivi_diagnostics(psi: torch.Tensor, logvar: torch.Tensor, p: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+    """What tells whether the Bayesian part acts, per batch (detached):
+
+    - ``w_psi0``: the weight of psi_0 inside log h_hat's log-mean-exp. Near 1, the
+      other draws add no density at p and the bound is Gaussian VI's (no entropy
+      credit for the mixing spread).
+    - ``sigma_mean``: the explicit layer's std, against ``psi_abs_mean`` (|psi|, its
+      scale: a fixed sigma beside a growing |psi| stops mattering).
+    - ``mix_spread`` (std of psi across the J+1 mixing draws) vs ``image_spread``
+      (std of psi_0 across the batch's images): how random vs how instance-wise.
+    """
+    log_q = log_normal_diag(p.unsqueeze(0), psi, logvar)  # (J+1, B)
+    out = {"w_psi0": torch.softmax(log_q, dim=0)[0].mean(),
+           "sigma_mean": torch.exp(0.5 * logvar).mean(),
+           "psi_abs_mean": psi[0].abs().mean()}
+    if psi.shape[0] > 1:
+        out["mix_spread"] = psi.std(dim=0).mean()
+    if psi.shape[1] > 1:
+        out["image_spread"] = psi[0].std(dim=0).mean()
+    return out
+
+
 def sivi_loss(
     logits: torch.Tensor,
     y: torch.Tensor,

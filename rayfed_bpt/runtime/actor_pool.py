@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -34,7 +34,6 @@ class RayActorPool:
                  plan: ActorPlan, placement_group, bundle_offset: int = 0,
                  run_dir: str | None = None):
         self.cfg = cfg
-        self.cfg_dict = cfg.to_dict()
         self.partition_dir = partition_dir
         self.sizes = sizes
         self.plan = plan
@@ -49,7 +48,7 @@ class RayActorPool:
     def _new_actor(self, i: int):
         opts = actor_options(self.plan, self.pg, self.bundle_offset + i)
         return ray.remote(ClientActor).options(**opts).remote(
-            self.cfg_dict, self.partition_dir, i, self.plan.threads,
+            self.cfg, self.partition_dir, i, self.plan.threads,
             self.plan.gpu_memory_fraction, self.run_dir)
 
     def wait_ready(self) -> list[dict]:
@@ -79,12 +78,13 @@ class RayActorPool:
         return [x for out in outs for x in out]
 
     def evaluate(self, global_state: dict, personal: dict[int, dict], round: int,
-                 options: dict | None = None) -> list:
+                 options: dict | None = None, splits: Sequence[str] = ("test",)) -> list:
         gref = ray.put(global_state)
         units = self._units(list(personal), lambda ids: eval_chunks(ids, self.sizes,
                                                                      len(self.actors)))
         outs = self._run(units, lambda a, u: a.evaluate.remote(
-            gref, {k: personal[k] for k in u}, round, options), "evaluation", round)
+            gref, {k: personal[k] for k in u}, round, options, tuple(splits)), "evaluation",
+            round)
         return [x for out in outs for x in out]
 
     def close(self) -> None:

@@ -12,13 +12,13 @@ import os
 
 import ray
 
-from ..config import ExperimentConfig, from_dict
+from ..config import ExperimentConfig
 from . import faults
 from .resources import process_rss
 
 
 class ClientActor:
-    def __init__(self, cfg: dict, partition_dir: str, index: int, threads: int,
+    def __init__(self, cfg: ExperimentConfig, partition_dir: str, index: int, threads: int,
                  gpu_memory_fraction: float | None, run_dir: str | None = None):
         # torch is imported here, not with the module: the driver creates client actors
         # before it loads torch itself, so their start-up and its own overlap
@@ -28,7 +28,7 @@ class ClientActor:
 
         torch.set_num_threads(threads)
         self.index = index
-        self.cfg = from_dict(ExperimentConfig, cfg)
+        self.cfg = cfg
         self.run_dir = run_dir
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         cuda = bool(self.gpu_ids) and torch.cuda.is_available()
@@ -74,5 +74,5 @@ class ClientActor:
         return self.host.train(global_state, personal, round)
 
     def evaluate(self, global_state: dict, personal: dict[int, dict], round: int,
-                 options: dict | None = None) -> list:
-        return self.host.evaluate(global_state, personal, round, options)
+                 options: dict | None = None, splits: tuple[str, ...] = ("test",)) -> list:
+        return self.host.evaluate(global_state, personal, round, options, splits)

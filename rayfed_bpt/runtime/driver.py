@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ray
 
-from ..config import ExperimentConfig, from_dict
+from ..config import ExperimentConfig
 from ..data import PartitionReader
 from ..engine.schedule import train_sizes
 from ..engine.state import RoundListener, RunState
@@ -32,14 +32,15 @@ from .resources import make_placement_group, plan_actors, process_started_at
 
 
 class Driver:
-    def __init__(self, cfg: dict, partition_dir: str, run_dir: str, tracking_uri: str | None,
+    def __init__(self, cfg: ExperimentConfig, partition_dir: str, run_dir: str,
+                 tracking_uri: str | None,
                  resume: bool = False, placement_group=None, bundle_offset: int = 0,
                  parent_run_id: str | None = None, paced: bool = False,
                  mlflow_run_id: str | None = None):
         # wall-clock marks of the start-up, for the README's "before round 1" breakdown
         self.timeline = {"driver_process": process_started_at(), "driver_init": time.time()}
-        self.cfg_dict = cfg
-        self.cfg = from_dict(ExperimentConfig, cfg)
+        self.cfg = cfg
+        self.cfg_dict = cfg.to_dict()  # what config.yaml and checkpoints record
         self.partition_dir = partition_dir
         self.run_dir = Path(run_dir)
         self.tracking_uri = tracking_uri
@@ -210,13 +211,12 @@ class Driver:
                 "notes": self._progress["notes"], "timeline": self.timeline}
 
     def _write_artifacts(self, state: RunState, engine, infos: list[dict]) -> None:
-        from ..engine.loop import evaluated
         from ..reporting import plot_domains, plot_history, write_client_csv, write_config
 
         out = self.run_dir / "results"
         out.mkdir(parents=True, exist_ok=True)
         name = self.cfg.algorithm.name
-        history = evaluated(state.history)
+        history = [m for m in state.history if "acc_mean" in m]  # test-evaluated rounds
         if engine.last_evals:
             write_client_csv(out / "clients.csv", engine.last_evals,
                              self.reader.info.domain_names, self.pool.sizes)

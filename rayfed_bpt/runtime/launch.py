@@ -126,8 +126,10 @@ def _raise_terminated(signum, frame):
 
 def _describe(m: dict) -> str:
     parts = [f"loss {m['train_loss']:.3f}"] if "train_loss" in m else []
-    if "acc_mean" in m:
-        parts.append(f"acc mean {m['acc_mean']:.3f} min {m['acc_min']:.3f}")
+    for p in ("val_", ""):
+        if p + "acc_mean" in m:
+            parts.append(f"{p.replace('_', ' ')}acc mean {m[p + 'acc_mean']:.3f} min "
+                         f"{m[p + 'acc_min']:.3f}")
     if "round_seconds" in m:
         parts.append(f"({m['round_seconds']:.1f}s)")
     return "  ".join(parts)
@@ -162,6 +164,8 @@ class _Display:
                 self.bar.update(p["round"] - self.shown)
             post = {"status": p["status"]}
             m = p.get("metrics") or {}
+            if "val_acc_mean" in m:
+                post["val_acc"] = f"{m['val_acc_mean']:.3f}"
             if "acc_mean" in m:
                 post.update(acc=f"{m['acc_mean']:.3f}", min=f"{m['acc_min']:.3f}")
             if "train_loss" in m:
@@ -229,9 +233,11 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
                                ray_stopped=time.time())
     if log:
         last = summary["history"][-1] if summary["history"] else {}
-        if last:
-            log(f"final: mean client acc {last['acc_mean']:.4f} (std {last['acc_std']:.4f}, "
-                f"min {last['acc_min']:.4f}), global acc {last['global_acc']:.4f}")
+        for p, what in (("val_", "final validation"), ("", "final")):
+            if p + "acc_mean" in last:
+                log(f"{what}: mean client acc {last[p + 'acc_mean']:.4f} (std "
+                    f"{last[p + 'acc_std']:.4f}, min {last[p + 'acc_min']:.4f}), global acc "
+                    f"{last[p + 'global_acc']:.4f}")
         log(f"run folder: {run_dir}")
         if uri:
             log(f"MLflow run {summary['mlflow_run_id']} in {uri}\n  browse it: {ui_command(uri)}")
@@ -253,7 +259,7 @@ class _Supervisor:
     def start(self, resume: bool) -> None:
         self.driver = ray.remote(Driver).options(num_cpus=0, num_gpus=0,
                                                  max_concurrency=4).remote(
-            self.cfg.to_dict(), self.partition_dir, str(self.run_dir), self.uri, resume=resume,
+            self.cfg, self.partition_dir, str(self.run_dir), self.uri, resume=resume,
             mlflow_run_id=self.mlflow_run_id)
         try:
             ray.get(self.driver.ready.remote())  # the run's setup: options, checkpoint

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import ray
 
+from ..config import ExperimentConfig
 from ..errors import RayfedError
 from ..experiments.store import RunStore, log_run, prepare_partitions
 from ..experiments.suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
 
 
-def _run_remote(overrides: list[str], final_evals: dict) -> dict:
-    from ..config import load_config
+def _run_remote(cfg: ExperimentConfig, final_evals: dict) -> dict:
+    """One suite run in a Ray task, in-process (its threads: runtime.threads, as in
+    every pool)."""
     from ..engine.reference import run_reference
 
-    cfg = load_config(None, overrides)  # its threads: runtime.threads, as in every pool
     t = time.perf_counter()
     history = run_reference(cfg, log=None, final_evals=final_evals)
     return {"history": history, "seconds": time.perf_counter() - t}
@@ -32,8 +33,7 @@ def _run_remote(overrides: list[str], final_evals: dict) -> dict:
 
 def _cost(spec: RunSpec) -> float:
     """A rough relative cost, so that the longest runs start first (better packing)."""
-    clients = next((int(o.split("=")[1]) for o in spec.overrides
-                    if o.startswith("data.num_clients=")), 20)
+    clients = spec.config.data.num_clients
     bayes = spec.method in (FLAGSHIP, *ABLATIONS)
     return clients * (2.0 if bayes else 1.0) * (0.1 if spec.method == "fedavg_linear" else 1.0)
 
@@ -54,7 +54,7 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
         prepare_partitions(list(todo.values()))
     remote = ray.remote(num_cpus=1, max_retries=1)(_run_remote)
     order = sorted(todo.items(), key=lambda kv: -_cost(kv[1]))
-    futures = {remote.remote(list(s.overrides), s.final_evals): (k, s) for k, s in order}
+    futures = {remote.remote(s.config, s.final_evals): (k, s) for k, s in order}
     if log:
         log(f"{len(keyed)} runs: {len(records)} from the cache, {len(todo)} to run")
     failures = []

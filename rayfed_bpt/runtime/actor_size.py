@@ -22,7 +22,7 @@ from ..engine.setup import load_backbone, load_clients, make_algorithm
 from .resources import process_rss
 
 
-def probe(cfg: ExperimentConfig, device: str | None = None, margin: float = 1.3) -> dict:
+def measure_actor(cfg: ExperimentConfig, device: str | None = None, margin: float = 1.3) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
     rss0 = process_rss()

@@ -1,0 +1,65 @@
+"""The headroom oracle: FedAvg-VPT with one prompt per domain, picked by each image's
+known domain label.
+
+Not a method (it reads the domain labels that no client has at test time in
+practice): an upper reference for what instance-wise prompts can gain in a setting.
+Its gap to FedAvg-VPT's one global prompt is the headroom; a setting where the gap is
+under a point cannot show an instance-wise method winning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import ClientData
+from .fedavg_vpt import FedAvgVPT
+from .registry import register_algorithm
+
+
+class DomainPromptModule(nn.Module):
+    """One learnable prompt per domain id and a linear head."""
+
+    def __init__(self, num_domains: int, prompt_shape: tuple[int, ...], dim: int,
+                 num_classes: int):
+        super().__init__()
+        self.prompt = nn.Parameter(torch.randn(num_domains, *prompt_shape) * 0.02)
+        self.head = nn.Linear(dim, num_classes)
+
+
+@register_algorithm()
+class DomainOracleVPT(FedAvgVPT):
+    name = "oracle_domain_vpt"
+
+    @dataclass
+    class Options(FedAvgVPT.Options):
+        max_domains: int = 16  # prompts kept; domain ids must be below it
+
+    def build_module(self) -> nn.Module:
+        return DomainPromptModule(self.opts.max_domains, self.prompt_shape,
+                                  self.backbone.embed_dim, self.num_classes)
+
+    def domain_prompts(self, module: nn.Module, data: ClientData, split: str, idx
+                       ) -> torch.Tensor:
+        d = torch.as_tensor(data.domains[split][torch.as_tensor(idx).numpy()], dtype=torch.long)
+        if len(d) and int(d.max()) >= self.opts.max_domains:
+            raise ValueError(f"domain id {int(d.max())} >= max_domains={self.opts.max_domains}")
+        return module.prompt[d.to(module.prompt.device)]
+
+    def step_inputs(self, module, data: ClientData, idx, gen, round):
+        x = data.x("train", idx, self.backbone)
+        return x, self.domain_prompts(module, data, "train", idx), data.y("train", idx).to(
+            x.device)
+
+    @torch.no_grad()
+    def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:
+        n = data.num(split)
+        out = []
+        for i in range(0, n, 256):
+            idx = torch.arange(i, min(i + 256, n))
+            x = data.x(split, idx, self.backbone)
+            feats = self.backbone(x, self.domain_prompts(module, data, split, idx))
+            out.append(module.head(feats).softmax(-1))
+        return torch.cat(out) if out else torch.zeros(0, self.num_classes)
