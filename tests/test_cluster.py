@@ -124,7 +124,7 @@ def test_two_node_cluster_run_and_sweep(two_node_cluster, digits4, tmp_path):
 
     space = tmp_path / "shared" / "two.yaml"
     space.write_text(yaml.safe_dump({
-        "name": "two", "metric": "acc_mean", "mode": "max", "search": "grid",
+        "name": "two", "metric": "val_acc_mean", "mode": "max", "search": "grid",
         "num_samples": 1, "scheduler": {"name": "fifo"},
         "resources": {"num_actors": 1, "cpus_per_actor": 0.9},
         "base": {"algorithm.name": "fedavg_linear", "train.rounds": 2,
