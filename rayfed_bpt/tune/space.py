@@ -143,7 +143,7 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SweepSpace:
         if v is not None and (not isinstance(v, int) or isinstance(v, bool)
                               or v < (0 if key == "seed" else 1)):
             raise _err(path, key, f"{v!r} must be an integer >= {0 if key == 'seed' else 1}")
-    if sp.metric.startswith(("acc_", "global_acc", "domain_acc")):
+    if sp.metric.startswith(("acc_", "global_acc", "domain_acc", "nll_mean", "ece_mean")):
         raise _err(path, "metric", f"{sp.metric!r} is a test-split metric: a sweep chooses "
                    f"on validation (val_{sp.metric}); the chosen config's test metrics are "
                    "reported once, at the end")
