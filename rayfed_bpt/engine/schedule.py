@@ -37,8 +37,7 @@ def train_sizes(reader: PartitionReader, cfg: ExperimentConfig) -> dict[int, int
     out = {}
     for k in reader.client_ids:
         e = reader.entry(k)
-        held = int(val_counts(e["label_counts"]["train"], d.val_fraction).sum()
-                   if d.val_fraction > 0 else 0)
+        held = int(val_counts(e["label_counts"]["train"], d.val_fraction).sum())
         out[k] = min(e["num_train"] - held, cap)
     return out
 
