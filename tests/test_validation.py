@@ -109,6 +109,7 @@ def test_config_checks_val_fraction_and_eval_test():
     assert not cfg.train.eval_test and cfg.data.val_fraction == 0.1
 
 
+@pytest.mark.slow  # ~30 s (three runs): `pytest -m slow`, which CI runs after the default suite
 def test_val_only_run_never_reads_test_rows_and_evaluate_run_reports_test(part4, tmp_path):
     garbage = scrambled_copy(part4, tmp_path / "scrambled")
     val_only = run(small(part4, "train.eval_test=false"), tmp_path / "a")
