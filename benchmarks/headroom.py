@@ -23,7 +23,7 @@ PAIR = ("fedavg_vpt", "oracle_domain_vpt")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--settings", nargs="+", default=["domain_mix"])
+    ap.add_argument("--settings", nargs="+", default=["domain_mix8", "k_classes", "domain_mix"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lr", type=float, default=0.03, help="both methods' rate")
     ap.add_argument("--quick", action="store_true", help="the quick suite's sizes")

@@ -10,6 +10,7 @@ by seed, the searchers interleaved, so machine noise hits them alike.
 
     python benchmarks/search_budget.py                       # the README's table
     python benchmarks/search_budget.py --budget 12 --seeds 0  # a quick look
+    python benchmarks/search_budget.py --reuse                # finish a cut-off run
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import csv
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,15 +34,25 @@ FRACTIONS = (0.25, 0.5, 1.0)
 
 
 def sweep(space: dict, searcher: str, seed: int, budget: int, out: Path,
-          overrides: list[str]) -> Path:
-    """Run one sweep as a user would (the CLI); return its folder."""
+          overrides: list[str], reuse: bool = False) -> Path:
+    """Run one sweep as a user would (the CLI); return its folder.
+
+    With ``reuse``, a sweep that already finished under ``out`` with the same space
+    file is read back instead of run again (a sweep cut off midway is run afresh).
+    """
     sp = dict(space, search=searcher, seed=seed, budget=budget, num_samples=budget,
               name=f"{space['name']}-{searcher}-s{seed}")
     sp["scheduler"] = {**space.get("scheduler", {}), "name": SEARCHERS[searcher]}
     if searcher == "bohb":
         sp["scheduler"].pop("grace_period", None)
     f = out / f"{sp['name']}.yaml"
-    f.write_text(yaml.safe_dump(sp, sort_keys=False))
+    text = yaml.safe_dump(sp, sort_keys=False)
+    done = list((out / sp["name"] / "sweeps").glob("*/results/anytime.csv"))
+    if reuse and len(done) == 1 and f.exists() and f.read_text() == text:
+        print(f"{sp['name']}: reused", flush=True)
+        return done[0].parent.parent
+    shutil.rmtree(out / sp["name"], ignore_errors=True)  # one sweep per folder
+    f.write_text(text)
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "rayfed_bpt.cli", "tune", "--space", str(f),
                         "--output-dir", str(out / sp["name"]), "--set", *overrides],
@@ -67,11 +79,13 @@ def at_fractions(folder: Path, budget: int) -> list[tuple[float, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--space", default=str(REPO / "tune_spaces" / "pfedbayespt.yaml"))
-    ap.add_argument("--budget", type=int, default=24, help="trial-rounds per sweep")
+    ap.add_argument("--budget", type=int, default=20, help="trial-rounds per sweep")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--searchers", nargs="+", default=list(SEARCHERS))
     ap.add_argument("--set", nargs="*", default=[], help="overrides of the space's base")
     ap.add_argument("--out", default="rayfed_runs/search_budget")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read back sweeps that already finished in --out")
     ap.add_argument("--png", default=str(REPO / "docs" / "figures" / "search_budget.png"))
     args = ap.parse_args()
     from rayfed_bpt.engine import evaluate_run
@@ -84,7 +98,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for seed in args.seeds:
         for searcher in args.searchers:
-            folder = sweep(space, searcher, seed, args.budget, out, args.set)
+            folder = sweep(space, searcher, seed, args.budget, out, args.set, args.reuse)
             points = at_fractions(folder, args.budget)
             tests = {}
             for _, trial in points:

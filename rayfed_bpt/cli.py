@@ -267,20 +267,21 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
          description="Split a dataset into one Arrow shard per client plus manifest.json. "
          "Deterministic given dataset, options and seed. The options are the data.* keys "
          "of a run's config (rayfed-bpt config --reference).")
-@arg("--dataset", help="dataset .arrow file (default: built-in digits4, built if missing)")
+@arg("--dataset", help="dataset .arrow file, or a built-in name: digits4 (the default) or "
+     "digits4+rotate+invert+... (with extra domains), built if missing")
 @schema_options(PartitionConfig)
 @arg("--out", help="output folder (default: <data root>/partitions/<name>)")
 @arg("--overwrite", action="store_true", help="replace an existing folder")
 def cmd_data_partition(args: argparse.Namespace) -> None:
-    from .data import ensure_builtin, load_dataset, write_partition
+    from .data import dataset_path, load_dataset, write_partition
     from .data.recipe import partition_folder
 
     cfg = PartitionConfig(**{f.name: getattr(args, f.name)
                              for f in dataclasses.fields(PartitionConfig)}).recipe(0)
-    dataset_path = Path(args.dataset) if args.dataset else ensure_builtin()
+    source = dataset_path(args.dataset)
     t = time.perf_counter()
-    ds = load_dataset(dataset_path)
-    out = Path(args.out) if args.out else partition_folder(dataset_path, cfg)
+    ds = load_dataset(source)
+    out = Path(args.out) if args.out else partition_folder(source, cfg)
     write_partition(ds, cfg, out, overwrite=args.overwrite)
     print(f"{cfg.num_clients} client shards and manifest.json are in {out} "
           f"({time.perf_counter() - t:.1f}s)")
@@ -338,13 +339,13 @@ def cmd_backbone_pretrain(args: argparse.Namespace) -> None:
 def cmd_backbone_probe(args: argparse.Namespace) -> None:
     import torch
 
-    from .data import ensure_builtin, load_dataset
+    from .data import dataset_path, load_dataset
     from .models import create_backbone
     from .models.pretrain import linear_probe
 
     bb = BackboneConfig(args.source, args.name, args.checkpoint)  # checked like a run's
     torch.manual_seed(0)
-    ds = load_dataset(args.dataset or ensure_builtin())
+    ds = load_dataset(dataset_path(args.dataset))
     backbone = create_backbone(bb.source, bb.name, bb.checkpoint)
     acc = linear_probe(backbone, ds)
     for name, a in acc.items():

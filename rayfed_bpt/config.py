@@ -87,7 +87,9 @@ class PartitionConfig:
 
 @dataclass
 class DataConfig(PartitionConfig):
-    dataset: str | None = knob(None, "a dataset .arrow file; unset: the built-in digits4")
+    dataset: str | None = knob(None, "a dataset .arrow file, or a built-in name: digits4 or "
+                               "digits4+rotate+colour+noise+invert (extra domains); unset: "
+                               "digits4")
     partition_dir: str | None = knob(None, "an existing partition folder; unset: made (once) "
                                      "from the recipe fields")
     max_train_per_client: int | None = knob(None, "subsample each client's train split "
@@ -131,6 +133,9 @@ class TrainConfig:
     eval_test: bool = knob(True, "evaluate the test split at each evaluation; sweeps turn it "
                            "off: they choose on validation and evaluate the chosen config's "
                            "test split once, at the end")
+    optimizer_state: str = knob("reset", "reset: a fresh Adam each round (FedAvg's usual "
+                                "client) | keep: each client's Adam moments carry over to its "
+                                "next round, kept (and checkpointed) with its personal state")
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "batch_size", "eval_every"):
@@ -142,6 +147,9 @@ class TrainConfig:
             raise ConfigError(f"train.fraction must lie in (0, 1], got {self.fraction}")
         if self.clients_per_round is not None and self.clients_per_round < 1:
             raise ConfigError(f"train.clients_per_round must be >= 1, got {self.clients_per_round}")
+        if self.optimizer_state not in ("reset", "keep"):
+            raise ConfigError(f"train.optimizer_state must be reset or keep, got "
+                              f"{self.optimizer_state!r}")
 
 
 FAULTS = ("driver_exit", "actor_exit", "pause")

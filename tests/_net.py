@@ -15,6 +15,28 @@ def short_tempdir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
+def stop_ray(temp: str) -> None:
+    """Stop the Ray started with this temp dir (``--temp-dir`` or ``RAY_TMPDIR``), and only
+    it: ``ray stop --force`` would kill every Ray on the machine, a benchmark or a suite
+    running beside the tests included. Its processes name the temp dir in their command
+    lines; the workers are their children."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp in a for a in p.info["cmdline"] or ()):
+                procs += [p, *p.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def wait_http(url: str, timeout: float = 120) -> None:
     import time
     import urllib.request

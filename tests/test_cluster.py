@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _net import free_port, short_tempdir, start_mlflow_server, token_auth_env
+from _net import free_port, short_tempdir, start_mlflow_server, stop_ray, token_auth_env
 
 from rayfed_bpt.data import PartitionConfig, write_partition
 
@@ -86,7 +86,7 @@ def two_node_cluster(tmp_path):
         procs.append(server)
         yield {"dashboard": f"http://127.0.0.1:{dash}", "mlflow": mlflow_uri, "env": env}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray(temp)
         for p in procs:
             os.killpg(p.pid, 9)
         shutil.rmtree(temp, ignore_errors=True)

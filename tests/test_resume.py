@@ -53,10 +53,13 @@ class Crash(RoundListener):
             raise KeyboardInterrupt(f"crash after round {self.at}")
 
 
-@pytest.mark.parametrize("name", ["pfedbayespt", pytest.param("pfedpg", marks=pytest.mark.slow),
-                                  pytest.param("fedrep_vpt", marks=pytest.mark.slow)])
-def test_resume_from_every_round_boundary_is_bit_identical(name, part4, tmp_path):
-    cfg = small(part4, f"algorithm.name={name}")
+@pytest.mark.parametrize("name, extra", [
+    ("pfedbayespt", ()),
+    ("fedavg_vpt", ("train.optimizer_state=keep",)),  # each client's Adam state resumes too
+    pytest.param("pfedpg", (), marks=pytest.mark.slow),
+    pytest.param("fedrep_vpt", ("train.optimizer_state=keep",), marks=pytest.mark.slow)])
+def test_resume_from_every_round_boundary_is_bit_identical(name, extra, part4, tmp_path):
+    cfg = small(part4, f"algorithm.name={name}", *extra)
     full = run_reference(cfg, log=None)
     rounds = cfg.train.rounds
     for k in range(1, rounds):

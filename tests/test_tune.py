@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _net import short_tempdir, stop_ray
 
 from rayfed_bpt.errors import ConfigError
 from rayfed_bpt.tune import load_space
@@ -118,10 +119,11 @@ def test_smoke_sweep_asha_mlflow_and_best_config(tmp_path):
 
 @pytest.mark.slow  # 110 s: `pytest -m slow` (CI runs it after the default suite)
 def test_interrupted_sweep_resumes_and_completes(tmp_path):
+    temp = short_tempdir("rt")  # this sweep's own Ray, stopped alone when it is killed
     proc = subprocess.Popen(CLI + ["tune", "--space", str(SMOKE), "--output-dir",
                                    str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=ENV,
-                            start_new_session=True)
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**ENV, "RAY_TMPDIR": temp}, start_new_session=True)
     seen = 0
     deadline = time.time() + 600
     for line in proc.stdout:  # wait for the first trials to end, then pull the plug
@@ -131,7 +133,7 @@ def test_interrupted_sweep_resumes_and_completes(tmp_path):
     assert seen >= 2
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    stop_ray(temp)
     [sweep] = list((tmp_path / "sweeps").iterdir())
     assert not (sweep / "results" / "results.csv").exists()
     r = subprocess.run(CLI + ["tune", "--resume", str(sweep)], capture_output=True, text=True,
@@ -259,16 +261,17 @@ def test_model_based_sweep_resumes_after_a_kill(tmp_path, search, scheduler):
     """The searcher's state (Optuna's study, BOHB's model) is in the sweep's checkpoint:
     a killed sweep resumed with --resume finishes every trial."""
     sp = _space(tmp_path, search, scheduler, n=3)
+    temp = short_tempdir("rt")  # this sweep's own Ray, stopped alone when it is killed
     proc = subprocess.Popen(CLI + ["tune", "--space", str(sp.path), "--output-dir",
                                    str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=ENV,
-                            start_new_session=True)
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**ENV, "RAY_TMPDIR": temp}, start_new_session=True)
     for line in proc.stdout:  # the first trial has ended: pull the plug
         if line.startswith("trial "):
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    stop_ray(temp)
     [sweep] = list((tmp_path / "sweeps").iterdir())
     r = subprocess.run(CLI + ["tune", "--resume", str(sweep)], capture_output=True, text=True,
                        timeout=900, env=ENV)

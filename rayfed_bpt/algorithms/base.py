@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,8 +27,11 @@ from ..config import TrainConfig, from_dict
 from ..data.holdout import carve_val
 from ..errors import ConfigError
 from ..models import PromptedViT, normalize
+from .registry import list_algorithms, lookup
 
 State = dict[str, torch.Tensor]
+#: personal-state keys of a client's kept optimizer state (``train.optimizer_state=keep``)
+OPTIM = "optim."
 
 
 def seed_for(*parts: object) -> int:
@@ -164,13 +167,31 @@ class Algorithm:
         return not self.personal_prefixes
 
     def initial_state(self) -> State:
+        """The initial weights, seeded by the algorithm's family (its class), not by a
+        preset's name: an ablation starts from the full method's values wherever their
+        parameters agree, and a parameter the preset reshaped (gaussian_vi's first layer,
+        without noise inputs) takes the full method's values on the part they share. So a
+        paired difference between a method and its ablation holds no init noise."""
         if self._init is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_for(self.seed, "init", self.name))
-                self._init = {
-                    k: v.detach().clone() for k, v in self.build_module().state_dict().items()
-                }
+            own = self._seeded_state(self.opts)
+            _, preset = lookup(self.name) if self.name in list_algorithms() else (None, {})
+            if preset:
+                defaults = type(self).Options()
+                full = self._seeded_state(
+                    replace(self.opts, **{k: getattr(defaults, k) for k in preset}))
+                own = {k: _overlay(v, full.get(k)) for k, v in own.items()}
+            self._init = own
         return self._init
+
+    def _seeded_state(self, opts) -> State:
+        saved, self.opts = self.opts, opts  # build_module reads self.opts
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_for(self.seed, "init", type(self).name))
+                return {k: v.detach().clone()
+                        for k, v in self.build_module().state_dict().items()}
+        finally:
+            self.opts = saved
 
     def init_global(self) -> State:
         return {k: v.clone() for k, v in self.initial_state().items() if not self.is_personal(k)}
@@ -180,7 +201,8 @@ class Algorithm:
 
     def load(self, global_state: State, personal: State) -> nn.Module:
         module = self.build_module()
-        module.load_state_dict({**global_state, **personal}, strict=True)
+        weights = {k: v for k, v in personal.items() if not k.startswith(OPTIM)}
+        module.load_state_dict({**global_state, **weights}, strict=True)
         return module.to(self.device)
 
     def split(self, module: nn.Module) -> tuple[State, State]:
@@ -253,27 +275,39 @@ class Algorithm:
             m.train()
             self.before_training(m, t.data)
         plans = [self.phases(m) for m in modules]
+        # train.optimizer_state=keep: each client's Adam state rides in its personal state
+        kept = ([{k: v for k, v in t.personal.items() if k.startswith(OPTIM)} for t in tasks]
+                if self.train_cfg.optimizer_state == "keep" else None)
         for j in range(len(plans[0])):
             phase = [p[j] for p in plans]
             with trainable_only(modules, [p.params for p in phase]):
                 out = self.run_group(modules, [t.data for t in tasks], phase, gens,
-                                     tasks[0].round)
+                                     tasks[0].round, kept, f"{OPTIM}{j}.")
             for acc, o, p in zip(metrics, out, phase):
                 acc.update({f"{p.prefix}{k}": v for k, v in o.items()})
         results = []
-        for t, m, acc in zip(tasks, modules, metrics):
+        for i, (t, m, acc) in enumerate(zip(tasks, modules, metrics)):
             shared, personal = self.split(m)
+            if kept is not None:
+                personal.update(kept[i])
             results.append(ClientResult(t.client_id, t.data.num("train"), shared, personal, acc))
         return results
 
     def run_group(self, modules: list[nn.Module], datas: list[ClientData], phases: list[Phase],
-                  gens: list[torch.Generator], round: int) -> list[dict[str, float]]:
+                  gens: list[torch.Generator], round: int, kept: list[State] | None = None,
+                  key: str = "") -> list[dict[str, float]]:
         """Minibatch Adam for each client over its phase's params and epochs, in lockstep:
-        step t of every client still training goes through the backbone as one batch."""
+        step t of every client still training goes through the backbone as one batch.
+        With ``kept`` (one flat state per client), each optimizer starts from the entries
+        under ``key`` and writes its state back there when the phase ends."""
         bs = self.train_cfg.batch_size
         opts = [torch.optim.Adam(p.params, lr=self.train_cfg.lr,
                                  weight_decay=self.train_cfg.weight_decay)
                 if p.params and p.epochs else None for p in phases]
+        if kept is not None:
+            for o, flat in zip(opts, kept):
+                if o is not None:
+                    load_optimizer(o, flat, key)
         batches = [_batches(d.num("train"), bs, p.epochs, g)
                    for d, p, g in zip(datas, phases, gens)]
         sums: list[dict[str, torch.Tensor]] = [{} for _ in modules]
@@ -297,6 +331,10 @@ class Algorithm:
             for g, _ in step:
                 opts[g].step()
             active = [g for g, _ in step]
+        if kept is not None:
+            for o, flat in zip(opts, kept):
+                if o is not None:
+                    flat.update(save_optimizer(o, key))
         return [{k: float(v) / n for k, v in s.items()} for s, n in zip(sums, steps)]
 
     def _backbone_group(self, pairs: list[tuple]) -> list[torch.Tensor | None]:
@@ -342,6 +380,37 @@ class Algorithm:
     def randn(self, shape, gen: torch.Generator) -> torch.Tensor:
         """Gaussian noise drawn on the CPU from ``gen`` (same numbers on any device)."""
         return torch.randn(shape, generator=gen).to(self.device)
+
+
+def save_optimizer(opt: torch.optim.Optimizer, key: str) -> State:
+    """An optimizer's per-parameter state as flat tensors ``<key><param index>.<field>``
+    (plain tensors: they checkpoint and cross Ray like weights; no pickling)."""
+    return {f"{key}{i}.{f}": torch.as_tensor(v).detach().cpu().clone()
+            for i, st in opt.state_dict()["state"].items() for f, v in st.items()}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, flat: State, key: str) -> None:
+    """Restore what ``save_optimizer`` wrote under ``key`` (nothing there: a fresh start).
+    Hyperparameters stay the current config's."""
+    state: dict[int, dict] = {}
+    for k, v in flat.items():
+        if k.startswith(key):
+            i, f = k[len(key):].split(".", 1)
+            state.setdefault(int(i), {})[f] = v
+    if state:
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def _overlay(own: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
+    """``own`` with the full method's initial values wherever the two overlap."""
+    if full is None or full.dim() != own.dim():
+        return own
+    if full.shape == own.shape:
+        return full.clone()
+    out = own.clone()
+    part = tuple(slice(0, min(a, b)) for a, b in zip(own.shape, full.shape))
+    out[part] = full[part]
+    return out
 
 
 def _batches(n: int, bs: int, epochs: int, gen: torch.Generator):

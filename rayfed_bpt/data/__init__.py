@@ -3,7 +3,7 @@
 from ..config import PartitionConfig
 from .dataset import Dataset, default_data_root, load_dataset, save_dataset
 from .partition import partition_indices, partitioner_names, register_partitioner
-from .prepare import builtin_dataset_path, ensure_builtin, prepare
+from .prepare import builtin_dataset_path, dataset_path, ensure_builtin, prepare
 from .schema import SCHEMA_VERSION, DatasetInfo
 from .shards import ClientShard, PartitionReader, write_partition
 
@@ -15,6 +15,7 @@ __all__ = [
     "PartitionConfig",
     "PartitionReader",
     "builtin_dataset_path",
+    "dataset_path",
     "default_data_root",
     "ensure_builtin",
     "load_dataset",

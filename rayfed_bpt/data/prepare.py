@@ -60,3 +60,14 @@ def ensure_builtin(root: str | Path | None = None, extra_domains: Sequence[str] 
     if not path.exists():
         prepare("digits4", out=path, extra_domains=extra_domains)
     return path
+
+
+def dataset_path(spec: str | Path | None) -> Path:
+    """What a ``dataset`` setting names: unset or a built-in name (``digits4``, or
+    ``digits4+rotate+invert``: with extra domains) is the built-in set, made on first
+    use; anything else is the path of an .arrow file."""
+    name = str(spec or "digits4")
+    base, *extra = name.split("+")
+    if base == "digits4" and not name.endswith(".arrow"):
+        return ensure_builtin(extra_domains=tuple(extra))
+    return Path(name)

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import DataConfig, PartitionConfig
 from .dataset import default_data_root, load_dataset
 from .partition import recipe_record
-from .prepare import ensure_builtin
+from .prepare import dataset_path
 from .shards import write_partition
 
 
@@ -19,7 +19,7 @@ def resolve_partition(data: DataConfig, seed: int) -> Path:
     """The partition folder: the configured one, or one made (once) from the data options."""
     if data.partition_dir:
         return Path(data.partition_dir)
-    dataset = Path(data.dataset) if data.dataset else ensure_builtin()
+    dataset = dataset_path(data.dataset)
     cfg = data.recipe(seed)
     recipe_record(cfg)  # an unknown partitioner is refused here, before anything is written
     out = partition_folder(dataset, cfg)

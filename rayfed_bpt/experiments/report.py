@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .suite import ABLATIONS, FLAGSHIP, Suite
+from .suite import ABLATIONS, FLAGSHIP, LR_FROM, REFERENCES, Suite
 
 NAMES = {
     "pfedbayespt": "pFedBayesPT",
@@ -25,6 +25,7 @@ NAMES = {
     "pfedpg": "pFedPG",
     "gaussian_vi": "Gaussian-VI (d_eps=0)",
     "pfedbayespt_beta0": "pFedBayesPT beta=0",
+    "oracle_domain_vpt": "Domain oracle (reference)",
 }
 
 
@@ -47,14 +48,21 @@ def fmt(m: float, s: float = math.nan) -> str:
 
 
 def tuned_lrs(tune_records: list[dict]) -> dict[str, float]:
-    """Each method's learning rate with the best final mean client accuracy (ties: smaller)."""
+    """Each method's learning rate with the best final mean client accuracy on the
+    validation split (``val_acc_mean``; records from before validation existed: test),
+    ties to the smaller rate."""
     best: dict[str, tuple[float, float]] = {}
     for r in tune_records:
-        acc, lr = final(r)["acc_mean"], float(r["value"])
+        acc, lr = tune_metric(r), float(r["value"])
         cur = best.get(r["method"])
         if cur is None or acc > cur[0] or (acc == cur[0] and lr < cur[1]):
             best[r["method"]] = (acc, lr)
     return {m: lr for m, (_, lr) in best.items()}
+
+
+def tune_metric(rec: dict) -> float:
+    f = final(rec)
+    return f["val_acc_mean"] if "val_acc_mean" in f else f["acc_mean"]
 
 
 def _by(records: list[dict], *fields: str) -> dict[tuple, list[dict]]:
@@ -91,21 +99,72 @@ def setting_rows(suite: Suite, main: list[dict], setting: str) -> list[dict]:
     return rows
 
 
+def paired_word(d: np.ndarray) -> str:
+    """The verdict rule on paired (per-seed) differences: "beats" only when every seed
+    agrees or the mean exceeds 2 standard errors (and there are at least 2 seeds),
+    "is behind" symmetrically, "is level with" otherwise."""
+    if len(d) < 2:
+        return "is level with"
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    if (d > 0).all() or d.mean() > 2 * se:
+        return "beats"
+    if (d < 0).all() or d.mean() < -2 * se:
+        return "is behind"
+    return "is level with"
+
+
 def verdict(rows: list[dict]) -> str:
-    """pFedBayesPT against the best baseline (ablations are not baselines), paired by seed."""
+    """pFedBayesPT against the best baseline (ablations and references are not
+    baselines), paired by seed, by the rule of ``paired_word``."""
     flag = next((r for r in rows if r["method"] == FLAGSHIP), None)
-    base = [r for r in rows if r["method"] not in (FLAGSHIP, *ABLATIONS)]
+    base = [r for r in rows if r["method"] not in (FLAGSHIP, *ABLATIONS, *REFERENCES)]
     if flag is None or not base:
         return ""
     best = max(base, key=lambda r: r["acc_ms"][0])
-    d = np.asarray(flag["acc"]) - np.asarray(best["acc"])
+    seeds = sorted(set(flag["seeds"]) & set(best["seeds"]))
+    d = np.asarray([flag["acc"][flag["seeds"].index(s)] - best["acc"][best["seeds"].index(s)]
+                    for s in seeds])
     wins = int((d > 0).sum())
-    gap = flag["acc_ms"][0] - best["acc_ms"][0]
-    word = "beats" if gap > 0 else "does not beat"
+    spread = f" ± {d.std(ddof=1) * 100:.1f} sd" if len(d) > 1 else ""
+    return (f"**pFedBayesPT {paired_word(d)} the best baseline** ({NAMES[best['method']]}): "
+            f"paired difference {d.mean() * 100:+.1f}{spread} points over {len(d)} seeds "
+            f"(higher in {wins} of {len(d)}).")
+
+
+def oracle_gap(rows: list[dict]) -> str:
+    """The headroom of a setting: the domain oracle minus FedAvg-VPT, paired by seed."""
+    by = {r["method"]: r for r in rows}
+    if "oracle_domain_vpt" not in by or "fedavg_vpt" not in by:
+        return ""
+    o, f = by["oracle_domain_vpt"], by["fedavg_vpt"]
+    seeds = sorted(set(o["seeds"]) & set(f["seeds"]))
+    d = np.asarray([o["acc"][o["seeds"].index(s)] - f["acc"][f["seeds"].index(s)]
+                    for s in seeds])
     spread = f" ± {d.std(ddof=1) * 100:.1f}" if len(d) > 1 else ""
-    return (f"**pFedBayesPT {word} the best baseline** ({NAMES[best['method']]}): "
-            f"{gap * 100:+.1f} points (per-seed differences {d.mean() * 100:+.1f}{spread}; "
-            f"higher in {wins} of {len(d)} seeds).")
+    room = ("under 1 point: this setting **cannot show instance-wise gains**"
+            if d.mean() < 0.01 else "room for instance-wise prompts")
+    return (f"oracle gap (one prompt per known domain − one global prompt) "
+            f"{d.mean() * 100:+.1f}{spread} points: {room}")
+
+
+def plateau(suite: Suite, main: list[dict], setting: str, rows: list[dict]) -> str:
+    """Is the best baseline still rising? Its curve (the first seed, evaluated during
+    training) over the last third of the rounds."""
+    base = [r for r in rows if r["method"] not in (FLAGSHIP, *ABLATIONS, *REFERENCES)]
+    if not base:
+        return ""
+    best = max(base, key=lambda r: r["acc_ms"][0])["method"]
+    seed = suite.seeds_of(suite.setting(setting))[0]
+    rec = next((r for r in main if r["setting"] == setting and r["method"] == best
+                and r["seed"] == seed), None)
+    pts = [(h["round"], h["acc_mean"]) for h in (rec or {}).get("history", [])
+           if "acc_mean" in h]
+    if len(pts) < 3:
+        return ""
+    last = pts[-1][0]
+    start = min(pts, key=lambda p: abs(p[0] - (last - last // 3)))
+    return (f"Plateau check: {NAMES[best]} (seed {seed}) moved "
+            f"{(pts[-1][1] - start[1]) * 100:+.1f} points from round {start[0]} to {last}.")
 
 
 def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
@@ -118,7 +177,7 @@ def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
         acc = fmt(*r["acc_ms"])
         if r["acc_ms"][0] == best:
             acc = f"**{acc}**"
-        lr = lrs.get(ABLATIONS.get(r["method"], r["method"]), math.nan)
+        lr = lrs.get(LR_FROM.get(r["method"], r["method"]), math.nan)
         lines.append("| " + " | ".join([
             NAMES[r["method"]], f"{lr:g}", acc, fmt(*r["min_ms"]), fmt(*r["global_ms"]),
             *[fmt(*r["domains"][d]) for d in doms], f"{r['seconds']:.0f}"]) + " |")
@@ -147,7 +206,7 @@ def headline_table(suite: Suite, per: dict[str, dict[str, dict]]) -> str:
 
 def tune_table(tune: list[dict], lrs: dict[str, float]) -> str:
     grid = sorted({float(r["value"]) for r in tune})
-    acc = {(r["method"], float(r["value"])): final(r)["acc_mean"] for r in tune}
+    acc = {(r["method"], float(r["value"])): tune_metric(r) for r in tune}
     lines = ["| method | " + " | ".join(f"lr {g:g}" for g in grid) + " | chosen |",
              "|---|" + "---|" * (len(grid) + 1)]
     for m in lrs:
@@ -200,6 +259,41 @@ def _delta(x: float) -> str:
     return f"{0.0 if abs(x) < 5e-4 else x * 100:+.1f}"
 
 
+DIAGNOSTICS = (("train_w_psi0", "w(psi0)"), ("train_sigma_mean", "sigma"),
+               ("train_psi_abs_mean", "mean abs psi"), ("train_mix_spread", "mixing spread"),
+               ("train_image_spread", "between-image spread"), ("nll_mean", "test NLL"),
+               ("ece_mean", "test ECE"))
+
+
+def diagnostics_table(suite: Suite, main: list[dict], variants: list[dict]) -> str:
+    """Is the Bayesian layer acting? Per setting, pFedBayesPT, its Gaussian-VI ablation and
+    each option variant: the last round's diagnostics (sigma also at round 1), mean over
+    seeds. w(psi0) = 1 means the semi-implicit bound is Gaussian VI in effect."""
+    head = ["setting", "run", "mean client acc", "w(psi0)", "sigma r1 -> last",
+            *[t for _, t in DIAGNOSTICS[2:]]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = [(s.name, NAMES[m], [r for r in main if r["setting"] == s.name
+                                  and r["method"] == m])
+              for s in suite.settings for m in (FLAGSHIP, "gaussian_vi")]
+    groups += [(st, v.name, [r for r in variants if r["study"] == v.name
+                             and r["setting"] == st])
+               for v in suite.variants for st in v.settings]
+    for setting, label, recs in groups:
+        if not recs:
+            continue
+        last = [final(r) for r in recs]
+        first = [r["history"][0] for r in recs]
+
+        def m(key, rows=last):
+            return float(np.mean([x.get(key, math.nan) for x in rows]))
+
+        lines.append("| " + " | ".join([
+            setting, label, fmt(m("acc_mean")), f"{m('train_w_psi0'):.3f}",
+            f"{m('train_sigma_mean', first):.3f} -> {m('train_sigma_mean'):.3f}",
+            *[f"{m(k):.3f}" for k, _ in DIAGNOSTICS[2:]]]) + " |")
+    return "\n".join(lines)
+
+
 # ----- plots ---------------------------------------------------------------------------------
 def _plt():
     import matplotlib
@@ -222,6 +316,10 @@ def _save(fig, ax, path: Path, title: str, legend_outside: bool = True) -> None:
     _plt().close(fig)
 
 
+def _hatch(method: str) -> str | None:
+    return "//" if method in ABLATIONS else ".." if method in REFERENCES else None
+
+
 def plot_curves(path: Path, suite: Suite, main: list[dict], setting: str, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -231,7 +329,7 @@ def plot_curves(path: Path, suite: Suite, main: list[dict], setting: str, title:
                     and r["seed"] == seed), None)
         if rec is None:
             continue
-        style = "-" if m not in ABLATIONS else "--"
+        style = ":" if m in REFERENCES else "--" if m in ABLATIONS else "-"
         ax.plot([h["round"] for h in rec["history"]], [h["acc_mean"] for h in rec["history"]],
                 style, marker="o", ms=3, lw=2.4 if m == FLAGSHIP else 1.3, label=NAMES[m])
     from matplotlib.ticker import MaxNLocator
@@ -252,7 +350,7 @@ def plot_domains(path: Path, rows: list[dict], title: str) -> None:
         xs = np.arange(len(doms)) + (i - (len(rows) - 1) / 2) * width
         ms = [r["domains"][d] for d in doms]
         ax.bar(xs, [m for m, _ in ms], width, yerr=[np.nan_to_num(s) for _, s in ms], capsize=1.5,
-               label=NAMES[r["method"]], hatch="//" if r["method"] in ABLATIONS else None)
+               label=NAMES[r["method"]], hatch=_hatch(r["method"]))
     ax.set_xticks(np.arange(len(doms)), doms)
     lo = min(r["domains"][d][0] for r in rows for d in doms if not math.isnan(
         r["domains"][d][0]))
@@ -286,7 +384,8 @@ def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[
     for v in suite.variants:
         for setting in v.settings:
             rows = per[setting]
-            base = max((r for m, r in rows.items() if m not in (FLAGSHIP, *ABLATIONS)),
+            base = max((r for m, r in rows.items()
+                        if m not in (FLAGSHIP, *ABLATIONS, *REFERENCES)),
                        key=lambda r: r["acc_ms"][0])
             f = [final(r) for r in sorted(variants, key=lambda r: r["seed"])
                  if r["study"] == v.name and r["setting"] == setting]
@@ -335,7 +434,13 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         "",
     ]
     for s in suite.settings:
-        md.append(f"- {verdict(list(per[s.name].values()))} ({s.name})")
+        rows = list(per[s.name].values())
+        gap = oracle_gap(rows)
+        md.append(f"- {s.name}: {verdict(rows)}" + (f" Headroom: {gap}." if gap else ""))
+    md += ["", "Verdict rule: *beats* only when every seed agrees or the paired mean exceeds "
+           "2 standard errors; *is behind* symmetrically; otherwise *is level with*. The "
+           "domain oracle reads each image's domain label, which no client has at test time: "
+           "an upper reference for instance-wise prompts, not a baseline."]
     md += ["", f"![headline]({rel}/headline.png)", ""]
     plot_headline(fig_dir / "headline.png", suite, per)
     for s in suite.settings:
@@ -346,11 +451,22 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         md += [f"## {s.title}", "",
                f"Setting `{s.name}`, config hash `{chash}`; overrides: "
                f"`{' '.join((*suite.common, *s.overrides))}`.", "",
-               setting_table(rows, lrs), "", verdict(rows), ""]
+               setting_table(rows, lrs), "", verdict(rows),
+               *(["", f"Headroom: {oracle_gap(rows)}."] if oracle_gap(rows) else []),
+               "", plateau(suite, main, s.name, rows), ""]
         plot_curves(fig_dir / f"curves_{s.name}.png", suite, main, s.name, s.title)
         plot_domains(fig_dir / f"domains_{s.name}.png", rows, s.title)
         md += [f"![curves]({rel}/curves_{s.name}.png)",
                f"![domains]({rel}/domains_{s.name}.png)", ""]
+    md += ["## Is the Bayesian layer acting?", "",
+           "Training diagnostics of the last round (sigma also at round 1), mean over seeds "
+           "(MLflow has them per round for every run): **w(psi0)**, the weight of the draw "
+           "itself in the bound's log-mean-exp (1 = Gaussian VI in effect, no entropy credit "
+           "for the mixing); **sigma**, the explicit layer's mean std (initialised at 0.135); "
+           "**mixing spread**, how far psi moves across noise draws for one image, against "
+           "the **between-image spread**; test NLL and ECE at the end (n/a in the "
+           "diagnostics of methods without them).", "",
+           diagnostics_table(suite, main, list(variants)), ""]
     md += ["## Sensitivity of pFedBayesPT", "",
            f"Setting `{suite.sensitivity_setting}`, one option changed at a time from the "
            f"defaults, seeds {', '.join(map(str, suite.sensitivity_seeds))} (the default point "
@@ -369,9 +485,11 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
                f"Seeds {', '.join(map(str, suite.seeds))}, otherwise the main table's runs.",
                "", variant_table(suite, per, list(variants)), ""]
     md += ["## Learning-rate tuning", "",
-           f"Final mean client accuracy (%) on setting `{suite.tune_setting}` with partition "
-           f"and training seed {suite.tune_seed}, which no table uses (its test examples come "
-           "from the same pool, as in any single-benchmark study).", "",
+           f"Final mean client accuracy (%) on each client's **validation** split (a "
+           f"stratified {suite.tune_val_fraction:g} of its training examples; the test split "
+           f"is never evaluated) on setting `{suite.tune_setting}` with partition and training "
+           f"seed {suite.tune_seed}, which no table uses. The domain oracle and the ablations "
+           "run at the rate of the method they refer to.", "",
            tune_table(tune, lrs), ""]
     if info.get("notes"):
         md += ["## Notes", "", info["notes"], ""]
@@ -390,7 +508,7 @@ def plot_headline(path: Path, suite: Suite, per: dict[str, dict[str, dict]]) -> 
         xs = np.arange(len(cols)) + (i - (len(methods) - 1) / 2) * width
         ms = [per[s][m]["acc_ms"] if m in per[s] else (math.nan, math.nan) for s in cols]
         ax.bar(xs, [a for a, _ in ms], width, yerr=[np.nan_to_num(b) for _, b in ms], capsize=1.5,
-               label=NAMES[m], hatch="//" if m in ABLATIONS else None)
+               label=NAMES[m], hatch=_hatch(m))
     ax.set_xticks(np.arange(len(cols)), cols)
     vals = [per[s][m]["acc_ms"][0] for s in cols for m in per[s]]
     ax.set_ylim(max(0.0, min(vals) - 0.05), min(1.0, max(vals) + 0.03))

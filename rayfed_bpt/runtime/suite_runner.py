@@ -79,7 +79,9 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
         records[k] = rec
         if log:
             last = out["history"][-1]
-            log(f"[{done}/{len(todo)}] {s.label()}: mean client acc {last['acc_mean']:.3f} "
+            split = "val_" if "acc_mean" not in last else ""  # tuning: validation only
+            log(f"[{done}/{len(todo)}] {s.label()}: mean client {split or 'test '}acc "
+                f"{last[f'{split}acc_mean']:.3f} "
                 f"({out['seconds']:.0f}s; {time.perf_counter() - t0:.0f}s elapsed)")
     if failures:
         raise RayfedError(

@@ -46,7 +46,7 @@ def summarize(sp: SweepSpace, results, sweep_dir: Path, rounds: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows, curves, events = [], {}, []
     for r in results:
-        if not r.metrics or r.config is None:
+        if r.config is None or ("round" not in (r.metrics or {}) and not r.error):
             continue  # never started (a spent budget stops the sweep before it)
         trial_id = r.metrics.get("trial_id", Path(r.path).name)
         hist = r.metrics_dataframe

@@ -244,6 +244,15 @@ def progress_callback(metric: str, mode: str, rounds: int):
             print(f"trial {trial.trial_id} {status} after {done} round(s): {metric} "
                   f"{shown}  (best so far {best})", flush=True)
 
+        def on_experiment_end(self, trials, **info):
+            # A sweep whose budget ends while BOHB still holds a never-started trial
+            # otherwise fails in Tune's ResultGrid (Ray 2.60: "Should not access
+            # `trial_fs_path` without setting `trial_dir_name`"), losing the finished
+            # trials' summary: give such a trial its (empty) folder; summarize skips it.
+            for trial in trials:
+                if not trial.relative_logdir:
+                    trial.init_local_path()
+
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, "done")
 
