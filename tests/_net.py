@@ -20,6 +20,8 @@ def stop_ray(temp: str) -> None:
     it: ``ray stop --force`` would kill every Ray on the machine, a benchmark or a suite
     running beside the tests included. Its processes name the temp dir in their command
     lines; the workers are their children."""
+    import shutil
+
     import psutil
 
     procs = []
@@ -35,6 +37,7 @@ def stop_ray(temp: str) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=30)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def wait_http(url: str, timeout: float = 120) -> None:

@@ -461,8 +461,11 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
     md += ["## Is the Bayesian layer acting?", "",
            "Training diagnostics of the last round (sigma also at round 1), mean over seeds "
            "(MLflow has them per round for every run): **w(psi0)**, the weight of the draw "
-           "itself in the bound's log-mean-exp (1 = Gaussian VI in effect, no entropy credit "
-           "for the mixing); **sigma**, the explicit layer's mean std (initialised at 0.135); "
+           "itself in the bound's log-mean-exp: 1 means the other J draws get no weight (the "
+           "bound is Gaussian VI's less log(J+1), no entropy credit for the mixing); 1/(J+1) "
+           "= 0.2 when all draws coincide (d_eps = 0: exactly Gaussian VI); in between, the "
+           "mixing earns credit; **sigma**, the explicit layer's mean std (initialised at "
+           "0.135 = exp(-4/2)); "
            "**mixing spread**, how far psi moves across noise draws for one image, against "
            "the **between-image spread**; test NLL and ECE at the end (n/a in the "
            "diagnostics of methods without them).", "",

@@ -18,6 +18,7 @@ import secrets
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -124,6 +125,22 @@ def _raise_terminated(signum, frame):
     raise KeyboardInterrupt()
 
 
+@contextmanager
+def sigterm_as_interrupt():
+    """Within: SIGTERM raises KeyboardInterrupt like Ctrl-C; ``stop_signal()`` says which."""
+    _SIGTERM["received"] = False
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_signal() -> tuple[int, str]:
+    """(exit code, name) of the signal that stopped the work: 143 SIGTERM or 130 Ctrl-C."""
+    return (143, "SIGTERM") if _SIGTERM["received"] else (130, "Ctrl-C")
+
+
 def _describe(m: dict) -> str:
     parts = [f"loss {m['train_loss']:.3f}"] if "train_loss" in m else []
     for p in ("val_", ""):
@@ -215,8 +232,7 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
             create_run_dir(run_dir, cfg)
         summary = sup.wait()
     except KeyboardInterrupt:
-        code, name = (143, "SIGTERM") if _SIGTERM["received"] else (130, "Ctrl-C")
-        raise sup.stop(code, name) from None
+        raise sup.stop(*stop_signal()) from None
     except RayTaskError as e:
         raise _unwrap(e) from None
     finally:

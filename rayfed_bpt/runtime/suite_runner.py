@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 
 from ..config import ExperimentConfig
-from ..errors import RayfedError
+from ..errors import Interrupted, RayfedError
 from ..experiments.store import RunStore, log_run, prepare_partitions
 from ..experiments.suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
 
@@ -60,7 +60,9 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
     failures = []
     done, t0 = 0, time.perf_counter()
     while futures:
-        ready, _ = ray.wait(list(futures), num_returns=1)
+        ready, _ = ray.wait(list(futures), num_returns=1, timeout=2.0)
+        if not ready:  # wake up now and then: Ctrl-C / SIGTERM are handled between waits
+            continue
         k, s = futures.pop(ready[0])
         done += 1
         try:
@@ -100,7 +102,7 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     from ..experiments.report import tuned_lrs, write_report
     from ..experiments.suite import SUITES, config_hash
     from ..tracking import Tracker, resolve_tracking_uri, ui_command
-    from .launch import init_ray
+    from .launch import init_ray, sigterm_as_interrupt, stop_signal
 
     if name not in SUITES:
         raise RayfedError(f"unknown suite {name!r}; available: {sorted(SUITES)}")
@@ -117,18 +119,27 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
         parent_id = parent.start(f"suite {suite.name}", {"command": command, "quick": quick})
     t0 = time.perf_counter()
     try:
-        log(f"stage 1/2: learning-rate tuning on {suite.tune_setting}, seed {suite.tune_seed}")
-        tune = execute(suite.tune_runs(), store, child, parent_id, log)
-        lrs = tuned_lrs(tune)
-        log("tuned learning rates: " + ", ".join(f"{m} {v:g}" for m, v in lrs.items()))
-        main_specs, sens_specs = suite.main_runs(lrs), suite.sensitivity_runs(lrs)
-        var_specs = suite.variant_runs(lrs)
-        log(f"stage 2/2: {len(main_specs)} main runs, {len(sens_specs)} sensitivity runs, "
-            f"{len(var_specs)} option-variant runs")
-        done = execute(main_specs + sens_specs + var_specs, store, child, parent_id, log)
-    except BaseException:
+        with sigterm_as_interrupt():
+            log(f"stage 1/2: learning-rate tuning on {suite.tune_setting}, "
+                f"seed {suite.tune_seed}")
+            tune = execute(suite.tune_runs(), store, child, parent_id, log)
+            lrs = tuned_lrs(tune)
+            log("tuned learning rates: " + ", ".join(f"{m} {v:g}" for m, v in lrs.items()))
+            main_specs, sens_specs = suite.main_runs(lrs), suite.sensitivity_runs(lrs)
+            var_specs = suite.variant_runs(lrs)
+            log(f"stage 2/2: {len(main_specs)} main runs, {len(sens_specs)} sensitivity "
+                f"runs, {len(var_specs)} option-variant runs")
+            done = execute(main_specs + sens_specs + var_specs, store, child, parent_id, log)
+    except BaseException as e:
+        # an interrupted invocation still counts in the report's wall time
+        store.log_invocation(time.perf_counter() - t0, store.written)
         if parent is not None:
             parent.finish("FAILED")
+        if isinstance(e, KeyboardInterrupt):
+            code, name = stop_signal()
+            raise Interrupted(f"stopped by {name}: the {store.written} run(s) finished in "
+                              f"this invocation are kept in {store.dir}; run the same command "
+                              "again to resume", code) from None
         raise
     n_main, n_sens = len(main_specs), len(sens_specs)
     main, sens = done[:n_main], done[n_main : n_main + n_sens]
