@@ -36,6 +36,19 @@ METHODS = (
     "pfedbayespt_beta0",
     "oracle_domain_vpt",
 )
+#: what tables and plots call each method
+NAMES = {
+    "pfedbayespt": "pFedBayesPT",
+    "local": "Local",
+    "fedavg_linear": "FedAvg-Linear",
+    "fedavg_vpt": "FedAvg-VPT",
+    "fedper_vpt": "FedPer-VPT",
+    "fedrep_vpt": "FedRep-VPT",
+    "pfedpg": "pFedPG",
+    "gaussian_vi": "Gaussian-VI (d_eps=0)",
+    "pfedbayespt_beta0": "pFedBayesPT beta=0",
+    "oracle_domain_vpt": "Domain oracle (reference)",
+}
 #: ablations run at pFedBayesPT's tuned learning rate, not their own
 ABLATIONS = {"gaussian_vi": "pfedbayespt", "pfedbayespt_beta0": "pfedbayespt"}
 #: upper references, not methods: run at the rate of the method they extend, never a
