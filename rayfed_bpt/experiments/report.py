@@ -158,7 +158,7 @@ def plateau(suite: Suite, main: list[dict], setting: str, rows: list[dict]) -> s
 def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
     doms = list(rows[0]["domains"]) if rows else []
     best = max(r["acc_ms"][0] for r in rows)
-    head = ["method", "lr", "mean client acc", "min client acc", "global model acc",
+    head = ["method", "lr", "seeds", "mean client acc", "min client acc", "global model acc",
             *doms, "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -167,7 +167,8 @@ def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
             acc = f"**{acc}**"
         lr = lrs.get(LR_FROM.get(r["method"], r["method"]), math.nan)
         lines.append("| " + " | ".join([
-            NAMES[r["method"]], f"{lr:g}", acc, fmt(*r["min_ms"]), fmt(*r["global_ms"]),
+            NAMES[r["method"]], f"{lr:g}", str(len(r["seeds"])), acc, fmt(*r["min_ms"]),
+            fmt(*r["global_ms"]),
             *[fmt(*r["domains"][d]) for d in doms], f"{r['seconds']:.0f}"]) + " |")
     return "\n".join(lines)
 
@@ -182,12 +183,15 @@ def headline_table(suite: Suite, per: dict[str, dict[str, dict]]) -> str:
     cols = list(per)
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     best = {s: max(r["acc_ms"][0] for r in per[s].values()) for s in cols if per[s]}
+    most = {s: max(len(r["seeds"]) for r in per[s].values()) for s in cols if per[s]}
     for m in suite.methods:
         cells = []
         for s in cols:
             r = per[s].get(m)
             c = fmt(*r["acc_ms"]) if r else "n/a"
-            cells.append(f"**{c}**" if r and r["acc_ms"][0] == best[s] else c)
+            c = f"**{c}**" if r and r["acc_ms"][0] == best[s] else c
+            cells.append(c + (f" ({len(r['seeds'])} seeds)" if r and len(r["seeds"]) < most[s]
+                              else ""))
         lines.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -325,7 +329,8 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         "",
         "Every number is the accuracy on each client's own test split with its own state, "
         "in percent: **mean client acc** is the mean over clients (then mean ± std over "
-        f"seeds {', '.join(map(str, suite.seeds))}), **min client acc** the worst client, "
+        f"seeds {', '.join(map(str, suite.seeds))}, or the first of them where a row says "
+        "fewer), **min client acc** the worst client, "
         "per-domain columns pool all clients' test examples of that domain, **global model "
         "acc** the shared model on the pooled test set (n/a for methods with personal state). "
         "Same partitions, backbone (`rfbpt_vit_digits`, frozen), rounds and local epochs for "
@@ -376,11 +381,14 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
            "the **between-image spread**; test NLL and ECE at the end (n/a in the "
            "diagnostics of methods without them).", "",
            diagnostics_table(suite, main, list(variants)), ""]
+    s_seeds = len(suite.seeds_of(suite.setting(suite.sensitivity_setting)))
     md += ["## Sensitivity of pFedBayesPT", "",
-           f"Setting `{suite.sensitivity_setting}`, one option changed at a time from the "
-           f"defaults, seeds {', '.join(map(str, suite.sensitivity_seeds))} (the default point "
-           "is the main table's run; S is studied on the main runs' trained states, all "
-           f"{len(suite.seeds)} seeds).", ""]
+           f"Setting `{suite.sensitivity_setting}`, " + (
+               "one option changed at a time from the defaults, seeds "
+               f"{', '.join(map(str, suite.sensitivity_seeds))} (the default point is the "
+               "main table's run); " if suite.studies else "") +
+           "the test-time sample count S is studied on the main runs' trained states, all "
+           f"{s_seeds} seeds.", ""]
     studies = study_rows(suite, main, sens)
     titles = {st.name: st.title for st in suite.studies}
     titles["S"] = "Test-time prompt samples S (mean_prompt: noise-free mean prompt)"
@@ -391,7 +399,7 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
     if suite.variants:
         md += ["## pFedBayesPT options beside the default", "",
                *[f"- **{v.name}**: {v.title}" for v in suite.variants], "",
-               f"Seeds {', '.join(map(str, suite.seeds))}, otherwise the main table's runs.",
+               "The default's seeds, otherwise the main table's runs.",
                "", variant_table(suite, per, list(variants)), ""]
     md += ["## Learning-rate tuning", "",
            f"Final mean client accuracy (%) on each client's **validation** split (a "
