@@ -223,24 +223,23 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
     t0 = time.perf_counter()
     started_ray = init_ray(cfg.runtime.address)
     ray_ready_at = time.time()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     display = _Display(show_progress, cfg, log) if show_progress else None
     sup = _Supervisor(cfg, str(partition_dir), run_dir, uri, display, log)
-    try:
-        sup.start(resume=resume_dir is not None)
-        if resume_dir is None:
-            create_run_dir(run_dir, cfg)
-        summary = sup.wait()
-    except KeyboardInterrupt:
-        raise sup.stop(*stop_signal()) from None
-    except RayTaskError as e:
-        raise _unwrap(e) from None
-    finally:
-        if display is not None:
-            display.close()
-        signal.signal(signal.SIGTERM, previous)
-        if started_ray:
-            ray.shutdown()
+    with sigterm_as_interrupt():
+        try:
+            sup.start(resume=resume_dir is not None)
+            if resume_dir is None:
+                create_run_dir(run_dir, cfg)
+            summary = sup.wait()
+        except KeyboardInterrupt:
+            raise sup.stop(*stop_signal()) from None
+        except RayTaskError as e:
+            raise _unwrap(e) from None
+        finally:
+            if display is not None:
+                display.close()
+            if started_ray:
+                ray.shutdown()
     summary["wall_seconds"] = time.perf_counter() - t0
     # data, Ray, the driver and every client actor ready: what a user waits before round 1
     summary["startup_seconds"] = summary["actors_ready_at"] - started_at
