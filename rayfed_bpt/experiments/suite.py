@@ -259,7 +259,7 @@ def paper_suite(quick: bool = False) -> Suite:
                   "train.rounds=16", "train.local_epochs=1", "train.optimizer_state=keep")
         n, pop, pop_round, pop_rounds, pop_train, pop_test = 8, 100, 10, 10, 128, 40
         seeds, few = (0, 1, 2, 3, 4), (0, 1, 2)
-        every, pop_every = 4, 5
+        every, pop_every = 4, 3
     core = (FLAGSHIP, "fedavg_vpt", "oracle_domain_vpt")
     label = (FLAGSHIP, "local", "fedavg_vpt", "fedper_vpt", "oracle_domain_vpt")
     side = ("local", "fedper_vpt", "fedrep_vpt", "gaussian_vi", "pfedbayespt_beta0")
