@@ -21,6 +21,7 @@ from rayfed_bpt.engine import run_reference
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.experiments import paper_suite
 from rayfed_bpt.experiments.report import (
+    ablation_lines,
     headline_table,
     mean_std,
     oracle_gap,
@@ -214,6 +215,11 @@ def test_report_statistics_match_hand_computation(tmp_path):
     # +0.2 with two seeds of five behind, within 2 SE: level, not "beats"
     assert "is level with the best baseline** (pFedPG)" in v
     assert f"{d.mean() * 100:+.1f} ± {d.std(ddof=1) * 100:.1f} sd" in v and "3 of 5)" in v
+    # ablations are compared with the method on the seeds both ran (Gaussian-VI: 3)
+    [vi, beta0] = ablation_lines(rows)
+    assert "is behind Gaussian-VI (d_eps=0)" in vi and "3 seeds (higher in 0 of 3)" in vi
+    d0 = np.array(flag_acc[:3]) - np.array(accs["pfedbayespt_beta0"][:3])
+    assert f"{d0.mean() * 100:+.1f} ± {d0.std(ddof=1) * 100:.1f} sd" in beta0
     fedavg = next(r for r in rows if r["method"] == "fedavg_vpt")
     gap = np.array(oracle_acc) - np.array(accs["fedavg_vpt"])
     assert f"{gap.mean() * 100:+.1f} ± {gap.std(ddof=1) * 100:.1f} points" in oracle_gap(rows)

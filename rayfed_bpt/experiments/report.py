@@ -101,6 +101,28 @@ def paired_word(d: np.ndarray) -> str:
     return "is level with"
 
 
+def paired(a: dict, b: dict) -> np.ndarray:
+    """Per-seed differences a - b of the mean client accuracy, on the seeds both ran."""
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    return np.asarray([a["acc"][a["seeds"].index(s)] - b["acc"][b["seeds"].index(s)]
+                       for s in seeds])
+
+
+def _paired_text(d: np.ndarray) -> str:
+    spread = f" ± {d.std(ddof=1) * 100:.1f} sd" if len(d) > 1 else ""
+    return (f"paired difference {d.mean() * 100:+.1f}{spread} points over {len(d)} seeds "
+            f"(higher in {int((d > 0).sum())} of {len(d)})")
+
+
+def ablation_lines(rows: list[dict]) -> list[str]:
+    """pFedBayesPT against each of its ablations in a setting, paired by seed."""
+    by = {r["method"]: r for r in rows}
+    if FLAGSHIP not in by:
+        return []
+    return [f"- pFedBayesPT {paired_word(d)} {NAMES[m]}: {_paired_text(d)}."
+            for m in ABLATIONS if m in by for d in [paired(by[FLAGSHIP], by[m])]]
+
+
 def verdict(rows: list[dict]) -> str:
     """pFedBayesPT against the best baseline (ablations and references are not
     baselines), paired by seed, by the rule of ``paired_word``."""
@@ -109,14 +131,9 @@ def verdict(rows: list[dict]) -> str:
     if flag is None or not base:
         return ""
     best = max(base, key=lambda r: r["acc_ms"][0])
-    seeds = sorted(set(flag["seeds"]) & set(best["seeds"]))
-    d = np.asarray([flag["acc"][flag["seeds"].index(s)] - best["acc"][best["seeds"].index(s)]
-                    for s in seeds])
-    wins = int((d > 0).sum())
-    spread = f" ± {d.std(ddof=1) * 100:.1f} sd" if len(d) > 1 else ""
+    d = paired(flag, best)
     return (f"**pFedBayesPT {paired_word(d)} the best baseline** ({NAMES[best['method']]}): "
-            f"paired difference {d.mean() * 100:+.1f}{spread} points over {len(d)} seeds "
-            f"(higher in {wins} of {len(d)}).")
+            f"{_paired_text(d)}.")
 
 
 def oracle_gap(rows: list[dict]) -> str:
@@ -124,10 +141,7 @@ def oracle_gap(rows: list[dict]) -> str:
     by = {r["method"]: r for r in rows}
     if "oracle_domain_vpt" not in by or "fedavg_vpt" not in by:
         return ""
-    o, f = by["oracle_domain_vpt"], by["fedavg_vpt"]
-    seeds = sorted(set(o["seeds"]) & set(f["seeds"]))
-    d = np.asarray([o["acc"][o["seeds"].index(s)] - f["acc"][f["seeds"].index(s)]
-                    for s in seeds])
+    d = paired(by["oracle_domain_vpt"], by["fedavg_vpt"])
     spread = f" ± {d.std(ddof=1) * 100:.1f}" if len(d) > 1 else ""
     room = ("under 1 point: this setting **cannot show instance-wise gains**"
             if d.mean() < 0.01 else "room for instance-wise prompts")
@@ -297,15 +311,19 @@ def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[
             base = max((r for m, r in rows.items()
                         if m not in (FLAGSHIP, *ABLATIONS, *REFERENCES)),
                        key=lambda r: r["acc_ms"][0])
-            f = [final(r) for r in sorted(variants, key=lambda r: r["seed"])
-                 if r["study"] == v.name and r["setting"] == setting]
+            recs = sorted((r for r in variants if r["study"] == v.name
+                           and r["setting"] == setting), key=lambda r: r["seed"])
+            f = [final(r) for r in recs]
             acc, mn = mean_std(x["acc_mean"] for x in f), mean_std(x["acc_min"] for x in f)
             d = rows[FLAGSHIP]
+            vs = paired({"seeds": [r["seed"] for r in recs], "acc": [x["acc_mean"] for x in f]},
+                        d)
             lines.append(f"| {setting} | default | {fmt(*d['acc_ms'])} | {fmt(*d['min_ms'])} | "
                          f"+0.0 | {_delta(d['acc_ms'][0] - base['acc_ms'][0])} "
                          f"({NAMES[base['method']]}) |")
             lines.append(f"| {setting} | {v.name} | {fmt(*acc)} | {fmt(*mn)} | "
-                         f"{_delta(acc[0] - d['acc_ms'][0])} | "
+                         f"{_delta(acc[0] - d['acc_ms'][0])} ({paired_word(vs)}: "
+                         f"higher in {int((vs > 0).sum())} of {len(vs)} seeds) | "
                          f"{_delta(acc[0] - base['acc_ms'][0])} |")
     return "\n".join(lines)
 
@@ -362,7 +380,8 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         md += [f"## {s.title}", "",
                f"Setting `{s.name}`, config hash `{chash}`; overrides: "
                f"`{' '.join((*suite.common, *s.overrides))}`.", "",
-               setting_table(rows, lrs), "", verdict(rows),
+               setting_table(rows, lrs), "", verdict(rows), "",
+               *ablation_lines(rows),
                *(["", f"Headroom: {oracle_gap(rows)}."] if oracle_gap(rows) else []),
                "", plateau(suite, main, s.name, rows), ""]
         plot_curves(fig_dir / f"curves_{s.name}.png", suite, main, s.name, s.title)
