@@ -4,6 +4,7 @@ the headline. Reads the rows ``report`` computes; computes nothing of its own.""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ def _plt():
 
 def _save(fig, ax, path: Path, title: str, legend_outside: bool = True) -> None:
     """The common ending of every figure: title, legend, grid, PNG, close."""
-    ax.set_title(title, fontsize=10 if legend_outside else 9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=10 if legend_outside else 9)  # no clipping
     if legend_outside:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
