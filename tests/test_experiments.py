@@ -22,6 +22,7 @@ from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.experiments import paper_suite
 from rayfed_bpt.experiments.report import (
     ablation_lines,
+    diagnostics_table,
     headline_table,
     mean_std,
     oracle_gap,
@@ -317,3 +318,18 @@ def test_sigterm_stops_a_suite_cleanly_and_keeps_its_finished_runs(tmp_path):
     runs = list((tmp_path / "runs").glob("*.json"))
     [inv] = json.loads((tmp_path / "invocations.json").read_text())
     assert runs and inv["computed"] == len(runs)
+
+
+def test_diagnostics_table_takes_sigma_along_the_curve_seed_and_last_round_means():
+    """A run's history holds its evaluated rounds: only the curve seed has several. The
+    table's sigma is the mean over seeds of the last round; its path is the curve seed's."""
+    s = paper_suite(quick=False)
+
+    def rec(seed, sigmas):
+        return {"setting": "domain_mix8", "method": FLAGSHIP, "seed": seed, "history": [
+            {"round": 4 * (i + 1), "acc_mean": 0.8, "train_w_psi0": 1.0,
+             "train_sigma_mean": v} for i, v in enumerate(sigmas)]}
+
+    table = diagnostics_table(s, [rec(0, [0.2, 0.3]), rec(1, [0.5])], [])
+    assert "| 1.000 | 0.400 | 0.200 -> 0.300 (rounds 4-8) |" in table
+    assert "Gaussian-VI" not in table  # a run the suite did not make has no row
