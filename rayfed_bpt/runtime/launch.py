@@ -283,16 +283,21 @@ class _Supervisor:
             raise _unwrap(e) from None
 
     def wait(self) -> dict:
-        version = -1
+        version, watch = -1, None
         self.done = self.driver.run.remote()
         while True:
-            watch = self.driver.wait_progress.remote(version, 60.0)
-            ready, _ = ray.wait([self.done, watch], num_returns=1)
+            if watch is None:
+                watch = self.driver.wait_progress.remote(version, 60.0)
+            ready, _ = ray.wait([self.done, watch], num_returns=1, timeout=1.0)
+            if not ready:  # wake up now and then: Ctrl-C / SIGTERM are handled between waits
+                continue
             if self.done not in ready:
                 try:
                     p = ray.get(watch)
                 except RayActorError:
+                    watch = None
                     continue  # the driver died: `done` says so next
+                watch = None
                 version = p["version"]
                 self.mlflow_run_id = p["mlflow_run_id"] or self.mlflow_run_id
                 if self.display is not None:
@@ -304,7 +309,7 @@ class _Supervisor:
                 raise _unwrap(e) from None
             except RayActorError as e:
                 self._driver_died(e)
-                version = -1
+                version, watch = -1, None  # the new driver's progress from the start
 
     def _driver_died(self, e: Exception) -> None:
         at = checkpoint_round(self.run_dir)
