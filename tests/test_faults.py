@@ -69,10 +69,16 @@ def _wait_paused(run_dir, round, proc, timeout=300):
                                              (signal.SIGTERM, 143, "SIGTERM")])
 def test_signal_stops_cleanly_and_says_how_to_resume(sig, code, name, part4, tmp_path):
     out, run_dir = tmp_path / "runs", tmp_path / "runs" / "sig"
-    proc = subprocess.Popen(CLI + ["--no-progress", "--set",
-                                   *overrides(part4, out, "runtime.run_name=sig",
-                                              "runtime.faults=[pause@1]")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a shell's background job ignores SIGINT and its children inherit that; a user's Ctrl-C
+    # reaches a foreground run, so the run starts with the default (exec resets a handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(CLI + ["--no-progress", "--set",
+                                       *overrides(part4, out, "runtime.run_name=sig",
+                                                  "runtime.faults=[pause@1]")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _wait_paused(run_dir, 1, proc)
     t = time.time()
     proc.send_signal(sig)
