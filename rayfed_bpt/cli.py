@@ -79,6 +79,10 @@ config_args = [
         "(every key: rayfed-bpt config --reference)"),
 ]
 address_arg = arg("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+import_arg = arg("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                 help="import MODULE first: the algorithms, partitioners and importers it "
+                 "registers become usable by name (repeatable; a run's config keeps them "
+                 "under `plugins`; docs/extending.md)")
 
 
 def with_args(*decorators: Callable) -> Callable:
@@ -104,7 +108,7 @@ def _no_ray_stats() -> None:
          "the built-in digits-4 domain_mix partition, on a local Ray, logged to a local "
          "MLflow store under ./rayfed_runs. Under `ray job submit` (or with --address / "
          "RAY_ADDRESS) it joins that cluster.")
-@with_args(config_args, address_arg)
+@with_args(config_args, address_arg, import_arg)
 @arg("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint "
      "(--set may change tracking.* only)")
 @arg("--no-progress", action="store_true", help="a plain line per round instead of a progress "
@@ -116,11 +120,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config.yaml; drop --config")
+        from .plugins import import_plugins
         from .runtime.launch import config_of_run
 
+        import_plugins(args.imports)
         cfg = config_of_run(args.resume, args.set)
-    else:
-        cfg = load_config(args.config, args.set)  # rejects bad keys before Ray starts
+    else:  # rejects bad keys before Ray starts
+        cfg = load_config(args.config, args.set, args.imports)
     if args.address:
         cfg.runtime.address = args.address
     from .runtime import run_experiment
@@ -141,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 @arg("--space", help="search-space YAML (see tune_spaces/)")
 @arg("--set", nargs="*", metavar="KEY=VALUE", default=[],
      help="dotted overrides of the space's base, e.g. train.rounds=10")
-@with_args(address_arg)
+@with_args(address_arg, import_arg)
 @arg("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
 @arg("--output-dir", help="where sweeps and the MLflow store go (default: runtime.output_dir, "
      "./rayfed_runs)")
@@ -152,9 +158,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if not args.resume:
         if not args.space:
             raise ConfigError("give --space FILE (see tune_spaces/) or --resume SWEEP_DIR")
-        load_space(args.space, args.set)  # rejects a bad space before Ray starts
+        load_space(args.space, args.set, args.imports)  # a bad space: refused before Ray
     s = run_sweep(args.space, args.set, address=args.address, resume_dir=args.resume,
-                  output_dir=args.output_dir)
+                  output_dir=args.output_dir, plugins=args.imports)
     print(f"{s['num_trials']} trials ({s['num_stopped_early']} stopped early) in "
           f"{s['wall_seconds']:.0f}s; best {s['best_metric']:.4f} by trial {s['best_trial']}: "
           f"{s['best_point']}")
@@ -180,24 +186,30 @@ def cmd_tune(args: argparse.Namespace) -> None:
 @arg("--out", help="run cache and MLflow store (default: ./rayfed_runs/experiment-<suite>)")
 @arg("--report-dir", help="where results.md and figures/ go (default: <out>/report; the "
      "committed results use docs/)")
-@with_args(address_arg)
+@with_args(address_arg, import_arg)
+@arg("--add-method", dest="add_methods", action="append", default=[], metavar="NAME",
+     help="run this registered algorithm too, as a row of every setting, tuned like the "
+     "others (repeatable; a plugin's: with --import)")
 @arg("--no-tracking", action="store_true", help="do not log to MLflow")
 def cmd_experiment(args: argparse.Namespace) -> None:
     _no_ray_stats()
     from .runtime.suite_runner import run_suite
 
     cmd = f"rayfed-bpt experiment --suite {args.suite}" + (" --quick" if args.quick else "")
+    cmd += "".join(f" --import {m}" for m in args.imports)
+    cmd += "".join(f" --add-method {m}" for m in args.add_methods)
     if args.report_dir:
         cmd += f" --report-dir {args.report_dir}"
     run_suite(args.suite, quick=args.quick, out=args.out, report_dir=args.report_dir,
-              address=args.address, tracking=not args.no_tracking, command=cmd)
+              address=args.address, tracking=not args.no_tracking, command=cmd,
+              add_methods=args.add_methods, plugins=args.imports)
 
 
 @command("config", help="print a config, checked (or the reference of every key)",
          description="Print the config a `run` with these arguments would use, every key "
          "filled in and checked, as YAML; or, with --reference, the table of every config "
          "key with its default and meaning (docs/config.md).")
-@with_args(config_args)
+@with_args(config_args, import_arg)
 @arg("--reference", action="store_true", help="the table of every key (markdown)")
 def cmd_config(args: argparse.Namespace) -> None:
     import yaml
@@ -207,7 +219,7 @@ def cmd_config(args: argparse.Namespace) -> None:
     if args.reference:
         print(reference_markdown(), end="")
         return
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, args.imports)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
 
@@ -215,13 +227,13 @@ def cmd_config(args: argparse.Namespace) -> None:
          description="Measure one client actor's footprint for a config (backbone, algorithm, "
          "one local epoch and evaluation of the largest client) and print how many client "
          "actors fit per GPU, i.e. the runtime.gpus_per_actor to use.")
-@with_args(config_args)
+@with_args(config_args, import_arg)
 @arg("--device", choices=["cpu", "cuda"], help="default: cuda if available")
 def cmd_size_actors(args: argparse.Namespace) -> None:
     from .config import load_config
     from .runtime.actor_size import measure_actor
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, args.imports)
     r = measure_actor(cfg, device=args.device)
     print(f"one client actor ({cfg.algorithm.name}, batch {cfg.train.batch_size}, client "
           f"{r['client']} with {r['num_train']} examples) on {r['device']}: process memory "
@@ -240,8 +252,9 @@ def cmd_size_actors(args: argparse.Namespace) -> None:
          description="Import a source into one Arrow dataset file. The built-in digits4 set "
          "needs no files and builds in seconds.")
 @arg("source_type", nargs="?", default="digits4",
-     choices=["digits4", "image_folder", "cifar10", "cifar100", "parquet", "hf"],
-     help="what to import (default: digits4, the built-in benchmark)")
+     help="what to import: digits4 (the default, the built-in benchmark), image_folder, "
+     "cifar10, cifar100, parquet, hf, or a plugin's importer (rayfed-bpt list importers)")
+@with_args(import_arg)
 @arg("--source", help="the files to import (folder or file); not for digits4")
 @arg("--out", help="dataset file to write (default: under the data root)")
 @arg("--size", type=int, default=32, help="image side after resizing")
@@ -252,7 +265,9 @@ def cmd_size_actors(args: argparse.Namespace) -> None:
 @arg("--overwrite", action="store_true", help="replace an existing file")
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     from .data import load_dataset, prepare
+    from .plugins import import_plugins
 
+    import_plugins(args.imports)
     t = time.perf_counter()
     extra = [d for d in (args.extra_domains or "").split(",") if d]
     out = prepare(args.source_type, path=args.source, out=args.out, size=args.size,
@@ -272,9 +287,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 @schema_options(PartitionConfig)
 @arg("--out", help="output folder (default: <data root>/partitions/<name>)")
 @arg("--overwrite", action="store_true", help="replace an existing folder")
+@with_args(import_arg)
 def cmd_data_partition(args: argparse.Namespace) -> None:
     from .data import dataset_path, load_dataset, write_partition
     from .data.recipe import partition_folder
+    from .plugins import import_plugins
+
+    import_plugins(args.imports)
 
     cfg = PartitionConfig(**{f.name: getattr(args, f.name)
                              for f in dataclasses.fields(PartitionConfig)}).recipe(0)
@@ -350,6 +369,21 @@ def cmd_backbone_probe(args: argparse.Namespace) -> None:
     acc = linear_probe(backbone, ds)
     for name, a in acc.items():
         print(f"{name:<12} linear-probe test accuracy {a:.3f}")
+
+
+@command("list", help="what is registered by name, and where it came from",
+         description="List the registered algorithms, partitioners or data importers: "
+         "the built-ins, those of installed packages' entry points, and those of --import "
+         "modules, each with where it came from.")
+@arg("kind", choices=["algorithms", "partitioners", "importers"])
+@with_args(import_arg)
+def cmd_list(args: argparse.Namespace) -> None:
+    from .api import registered
+
+    rows = registered(args.kind, args.imports)
+    width = max(len(n) for n in rows)
+    for name, where in rows.items():
+        print(f"{name:<{width}}  {where}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,8 @@ are rejected before anything starts, with a message naming the key and what is
 allowed. Algorithm options are checked against the chosen algorithm's own
 ``Options`` where the run is set up (``engine.setup.make_algorithm``); the
 partitioner's name where the partition is resolved (``data.recipe``). No torch,
-no numpy and no imports from the rest of the package here.
+no numpy and no imports from the rest of the package here but the ground floor's
+errors and plugins (a config's ``plugins`` are imported where it is made).
 
 Plain dataclasses, not pydantic: with our ``from_dict`` they give one-line
 messages that name the dotted key (pydantic's carry a model path and an error
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .plugins import import_plugins
 
 
 def knob(default: Any = None, help: str = "", factory: Any = None) -> Any:
@@ -241,6 +243,9 @@ class AlgorithmConfig:
 @dataclass
 class ExperimentConfig:
     seed: int = knob(0, "seed of sampling, initialisation and (unset data.seed) the partition")
+    plugins: list = knob(help="modules imported first, in every process of the run (their "
+                         "algorithms, partitioners and importers register themselves; "
+                         "--import adds to it; docs/extending.md)", factory=list)
     data: DataConfig = knob(factory=DataConfig)
     backbone: BackboneConfig = knob(factory=BackboneConfig)
     train: TrainConfig = knob(factory=TrainConfig)
@@ -249,6 +254,10 @@ class ExperimentConfig:
     tracking: TrackingConfig = knob(factory=TrackingConfig)
 
     def __post_init__(self) -> None:
+        # imported wherever a config is made, so what they register is known before a
+        # name is looked up (processes that receive a config from Ray import them in
+        # engine.setup)
+        import_plugins(self.plugins)
         if not self.train.eval_test and self.data.val_fraction == 0:
             raise ConfigError("train.eval_test=false needs data.val_fraction > 0: with no "
                               "validation split there is nothing to evaluate")
@@ -412,8 +421,10 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
     return d
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """The config of ``path`` with dotted ``overrides``, every key and value checked.
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                plugins: list[str] = ()) -> ExperimentConfig:
+    """The config of ``path`` with dotted ``overrides``, every key and value checked;
+    ``plugins`` (``--import``) are added to the config's own.
 
     The algorithm's own options are checked where a run is set up (the algorithm's
     ``Options`` live beside its torch code, and this module stays torch-free so that
@@ -421,4 +432,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
     """
     d = read_yaml(path) if path else {}
     d = apply_overrides(d, list(overrides))
-    return from_dict(ExperimentConfig, d)
+    return from_dict(ExperimentConfig, with_plugins(d, plugins))
+
+
+def with_plugins(d: dict, plugins: list[str]) -> dict:
+    """Config mapping ``d`` with ``plugins`` added to its own (each once, in order)."""
+    if plugins:
+        own = d.get("plugins") or []
+        if not isinstance(own, list):
+            raise ConfigError(f"plugins must be a list of module names, got {own!r}")
+        d["plugins"] = own + [m for m in plugins if m not in own]
+    return d

@@ -143,3 +143,29 @@ def test_two_node_cluster_run_and_sweep(two_node_cluster, digits4, tmp_path):
     r = subprocess.run([str(CLUSTER / "submit.sh"), "run", "--set", "train.roundz=1"], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "FAILED" in r.stdout  # the job's failure is the exit status
+
+
+@pytest.mark.slow  # 1-2 min: `pytest -m slow`
+def test_plugin_method_ships_with_the_job_to_a_two_node_cluster(two_node_cluster, digits4,
+                                                                 tmp_path):
+    """docs/extending.md's cluster block, as written: the example's module rides with
+    `ray job submit --working-dir` (nothing installed on the cluster), `--import` names it,
+    and client actors on both nodes train the plugin's method."""
+    from test_docs import code_blocks
+
+    [block] = [code for lang, tags, code in code_blocks() if tags == "cluster"]
+    part = write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0),
+                           tmp_path / "shared" / "part4")
+    out = tmp_path / "shared" / "runs"
+    env = {**two_node_cluster["env"], "RAY_ADDRESS": two_node_cluster["dashboard"],
+           "PARTITION": str(part), "OUT": str(out), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)  # the module must come with the job, not from here
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "succeeded" in (r.stdout + r.stderr).lower()
+    run = out / "fedprox"
+    assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == ["rayfed_fedprox"]
+    actors = json.loads((run / "results" / "actors.json").read_text())
+    assert len({a["node_id"] for a in actors}) == 2  # client actors on both nodes
+    assert (run / "checkpoint.safetensors").exists()

@@ -123,6 +123,15 @@ CASES = [
     ("tune-no-space", "a sweep without a space file", "tune", "give --space FILE", 10),
     ("prepare-no-source", "an import without its files",
      "data prepare image_folder", "needs --source PATH", 10),
+    ("prepare-unknown-source", "a data source no importer is registered for",
+     "data prepare npz_folders", "unknown source 'npz_folders'; allowed:", 10),
+    ("plugin-missing", "a plugin module that cannot be imported",
+     "run --import no_such_plugin", "plugin module 'no_such_plugin' cannot be imported", 5),
+    ("plugin-path", "a file path where a plugin's module name belongs",
+     "run --import {tmp}/my_method.py", "is not a module name", 5),
+    ("add-method-unknown", "a suite row for a method that is not registered",
+     "experiment --quick --add-method fedprx_vpt",
+     "--add-method ['fedprx_vpt']: not a registered algorithm", 30),
 ]
 
 

@@ -2,9 +2,10 @@
 
 from ..config import PartitionConfig
 from .dataset import Dataset, default_data_root, load_dataset, save_dataset
+from .importers import ImportRequest, importer_names, register_importer
 from .partition import partition_indices, partitioner_names, register_partitioner
 from .prepare import builtin_dataset_path, dataset_path, ensure_builtin, prepare
-from .schema import SCHEMA_VERSION, DatasetInfo
+from .schema import SCHEMA_VERSION, DatasetInfo, make_table
 from .shards import ClientShard, PartitionReader, write_partition
 
 __all__ = [
@@ -12,16 +13,20 @@ __all__ = [
     "ClientShard",
     "Dataset",
     "DatasetInfo",
+    "ImportRequest",
     "PartitionConfig",
     "PartitionReader",
     "builtin_dataset_path",
     "dataset_path",
     "default_data_root",
     "ensure_builtin",
+    "importer_names",
     "load_dataset",
+    "make_table",
     "partition_indices",
     "partitioner_names",
     "prepare",
+    "register_importer",
     "register_partitioner",
     "save_dataset",
     "write_partition",

@@ -6,12 +6,19 @@ CIFAR-10/100 *binary* files, and Parquet files or Hugging Face ``datasets``
 Arrow folders with image/label(/domain/split) columns. The CIFAR *python*
 version is pickled; unpickling a file someone handed you can run code, so it
 is not read here.
+
+Each source is an importer registered by name (``@register_importer``): a
+function of one ``ImportRequest`` that returns the table and its
+``DatasetInfo`` (``schema.make_table`` builds both from arrays). A plugin adds
+a source the same way (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +26,54 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from .. import plugins
 from ..errors import ConfigError, DataError
-from .digits4 import stratified_split
+from .digits4 import build_digits4, stratified_split
 from .schema import DatasetInfo, make_table
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-SOURCES = ("digits4", "image_folder", "cifar10", "cifar100", "parquet", "hf")
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """What ``rayfed-bpt data prepare`` asks of an importer."""
+
+    path: Path | None  # the files to import (--source); None for a built-in source
+    size: int = 32  # image side after resizing
+    test_fraction: float = 0.2  # held-out test share (per domain) when the source has no split
+    seed: int = 0  # of that split, and of anything else the importer draws
+    extra_domains: tuple[str, ...] = ()  # digits4 only
+
+
+Importer = Callable[[ImportRequest], tuple[pa.Table, DatasetInfo]]
+_IMPORTERS: dict[str, tuple[Importer, bool]] = {}  # name -> (importer, needs --source)
+
+
+def register_importer(name: str, needs_path: bool = True) -> Callable[[Importer], Importer]:
+    """Make ``fn(request) -> (table, info)`` the source ``name`` of ``data prepare``;
+    ``needs_path``: it reads files named by ``--source``."""
+
+    def deco(fn: Importer) -> Importer:
+        plugins.record("importers", name, fn)
+        _IMPORTERS[name] = (fn, needs_path)
+        return fn
+
+    return deco
+
+
+def importer_names() -> list[str]:
+    plugins.discover()
+    return list(_IMPORTERS)
+
+
+def importer(name: str) -> tuple[Importer, bool]:
+    """The importer ``name`` and whether it needs ``--source``."""
+    if name not in _IMPORTERS:
+        plugins.discover()
+    if name not in _IMPORTERS:
+        raise ConfigError(f"unknown source {name!r}; allowed: {importer_names()} (a plugin's "
+                          "importer: --import MODULE)")
+    return _IMPORTERS[name]
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -245,3 +294,32 @@ def import_table_source(
         source={"importer": "table", "path": str(path.resolve())},
     )
     return make_table(info, images, labels, domains, splits), info
+
+
+@register_importer("digits4", needs_path=False)
+def _digits4(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+    return build_digits4(seed=req.seed, test_fraction=req.test_fraction,
+                         extra_domains=req.extra_domains)
+
+
+@register_importer("image_folder")
+def _image_folder(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+    return import_image_folder(req.path, size=req.size, test_fraction=req.test_fraction,
+                               seed=req.seed)
+
+
+@register_importer("cifar10")
+def _cifar10(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+    return import_cifar(req.path, "cifar10")
+
+
+@register_importer("cifar100")
+def _cifar100(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+    return import_cifar(req.path, "cifar100")
+
+
+@register_importer("parquet")
+@register_importer("hf")
+def _table(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+    return import_table_source(req.path, size=req.size, test_fraction=req.test_fraction,
+                               seed=req.seed)

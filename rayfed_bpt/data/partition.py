@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .. import plugins
 from ..config import PartitionConfig
 from ..errors import ConfigError, DataError
 
@@ -37,9 +38,13 @@ _PARTITIONERS: dict[str, tuple[Callable, tuple[str, ...], bool]] = {}
 
 def register_partitioner(name: str, reads: tuple[str, ...] = (), random: bool = False):
     """Make ``fn(cfg, labels, domains, num_classes, num_domains, rng) -> (cells, W)``
-    the partitioner ``name``: adding one is one decorated function."""
+    the partitioner ``name``: adding one is one decorated function (here or in a
+    plugin). ``reads`` names the ``PartitionConfig`` fields it uses (they go into the
+    manifest and the folder name); ``random``: it draws, and may redraw to meet
+    ``min_samples``."""
 
     def deco(fn: Callable) -> Callable:
+        plugins.record("partitioners", name, fn)
         _PARTITIONERS[name] = (fn, reads, random)
         return fn
 
@@ -47,10 +52,13 @@ def register_partitioner(name: str, reads: tuple[str, ...] = (), random: bool = 
 
 
 def partitioner_names() -> list[str]:
+    plugins.discover()
     return list(_PARTITIONERS)
 
 
 def _partitioner(name: str) -> tuple[Callable, tuple[str, ...], bool]:
+    if name not in _PARTITIONERS:
+        plugins.discover()
     if name not in _PARTITIONERS:
         raise ConfigError(f"unknown partitioner {name!r} (data.partitioner / --partitioner); "
                           f"allowed: {partitioner_names()}")

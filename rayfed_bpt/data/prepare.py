@@ -7,8 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from .dataset import default_data_root, save_dataset
-from .digits4 import build_digits4
-from .importers import SOURCES, import_cifar, import_image_folder, import_table_source
+from .importers import ImportRequest, importer
 
 
 def builtin_dataset_path(root: str | Path | None = None, extra_domains: Sequence[str] = ()) -> Path:
@@ -27,30 +26,23 @@ def prepare(
     test_fraction: float = 0.2,
     overwrite: bool = False,
 ) -> Path:
-    """Import ``source`` (read from ``path``) into the Arrow dataset file ``out``."""
-    if source not in SOURCES:
-        raise ConfigError(f"unknown source {source!r}; allowed: {list(SOURCES)}")
-    if source != "digits4" and path is None:
+    """Import ``source`` (read from ``path``) into the Arrow dataset file ``out``, with
+    the importer registered under that name."""
+    read, needs_path = importer(source)
+    if needs_path and path is None:
         raise ConfigError(f"source {source!r} needs --source PATH (the files to import)")
     if extra_domains and source != "digits4":
         raise ConfigError("--extra-domains applies to the built-in digits4 source only")
     if source == "digits4":
         out = Path(out) if out else builtin_dataset_path(None, extra_domains)
     elif out is None:
-        out = default_data_root() / "datasets" / f"{Path(path).stem or source}.arrow"
+        name = (Path(path).stem if path is not None else "") or source
+        out = default_data_root() / "datasets" / f"{name}.arrow"
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists. Pass --overwrite to rebuild it.")
-    if source == "digits4":
-        table, info = build_digits4(
-            seed=seed, test_fraction=test_fraction, extra_domains=extra_domains
-        )
-    elif source == "image_folder":
-        table, info = import_image_folder(path, size=size, test_fraction=test_fraction, seed=seed)
-    elif source in ("cifar10", "cifar100"):
-        table, info = import_cifar(path, source)
-    else:
-        table, info = import_table_source(path, size=size, test_fraction=test_fraction, seed=seed)
+    table, info = read(ImportRequest(Path(path) if path is not None else None, size,
+                                     test_fraction, seed, tuple(extra_domains)))
     return save_dataset(table, info, out)
 
 

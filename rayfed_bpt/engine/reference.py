@@ -20,6 +20,7 @@ from ..config import ExperimentConfig, from_dict, load_config
 from ..data import PartitionReader
 from ..data.recipe import resolve_partition
 from ..errors import ConfigError, RayfedError
+from ..plugins import import_plugins
 from .checkpoint import load_checkpoint
 from .loop import Engine, evaluated
 from .pool import ClientHost, InProcessPool
@@ -30,6 +31,7 @@ from .state import RoundListener, RunState
 
 def local_engine(cfg: ExperimentConfig, listeners: Sequence[RoundListener] = ()) -> Engine:
     """The engine over an in-process pool for ``cfg`` (the partition made if needed)."""
+    import_plugins(cfg.plugins)  # a config from a Ray task: its partitioner may be a plugin
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
     host = ClientHost(cfg, str(reader.root), reader=reader)
     pool = InProcessPool(host, train_sizes(reader, cfg))

@@ -17,6 +17,7 @@ from ..algorithms.base import Algorithm, ClientData, seed_for
 from ..config import ExperimentConfig, TrainConfig
 from ..data import PartitionReader
 from ..models import PromptedViT, create_backbone
+from ..plugins import import_plugins
 
 
 @contextmanager
@@ -45,7 +46,10 @@ def make_algorithm(
     options: dict | None = None,
 ) -> Algorithm:
     """The run's algorithm (its options validated here, where a run is set up);
-    ``options`` overrides some of them (test-time variants: S, the mean prompt)."""
+    ``options`` overrides some of them (test-time variants: S, the mean prompt). The
+    config's plugins are imported first: a config that crossed to this process through
+    Ray was not built here, so nothing imported them yet."""
+    import_plugins(cfg.plugins)
     return create_algorithm(
         cfg.algorithm.name,
         backbone,

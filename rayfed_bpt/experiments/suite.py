@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from ..algorithms import list_algorithms
 from ..config import ExperimentConfig, load_config
+from ..errors import ConfigError
+from ..plugins import import_plugins
 
 #: the order of rows in every table: the method first, then baselines, then ablations
 METHODS = (
@@ -36,8 +39,15 @@ METHODS = (
     "pfedbayespt_beta0",
     "oracle_domain_vpt",
 )
+class _Names(dict):
+    """Display names; a method without one (a plugin's) is shown by its registered name."""
+
+    def __missing__(self, key: str) -> str:
+        return key
+
+
 #: what tables and plots call each method
-NAMES = {
+NAMES = _Names({
     "pfedbayespt": "pFedBayesPT",
     "local": "Local",
     "fedavg_linear": "FedAvg-Linear",
@@ -48,7 +58,7 @@ NAMES = {
     "gaussian_vi": "Gaussian-VI (d_eps=0)",
     "pfedbayespt_beta0": "pFedBayesPT beta=0",
     "oracle_domain_vpt": "Domain oracle (reference)",
-}
+})
 #: ablations run at pFedBayesPT's tuned learning rate, not their own
 ABLATIONS = {"gaussian_vi": "pfedbayespt", "pfedbayespt_beta0": "pfedbayespt"}
 #: upper references, not methods: run at the rate of the method they extend, never a
@@ -131,6 +141,24 @@ class Suite:
     tune_val_fraction: float = 0.2
     notes: str = ""
 
+    def with_methods(self, methods: Sequence[str], plugins: Sequence[str] = ()) -> Suite:
+        """This suite with ``methods`` added as rows of every setting (each tuned at its
+        own learning rate, run on every seed the flagship runs), ``plugins`` imported by
+        every run. What the suite already ran stays in its cache: a run's key leaves
+        ``plugins`` out (``run_key``)."""
+        import_plugins(plugins)
+        known = list_algorithms()
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise ConfigError(f"--add-method {unknown}: not a registered algorithm; allowed: "
+                              f"{known} (a plugin's: --import MODULE)")
+        new = tuple(m for m in methods if m not in self.methods)
+        extra = (f"plugins=[{', '.join(plugins)}]",) if plugins else ()
+        return replace(
+            self, methods=self.methods + new, common=self.common + extra,
+            settings=tuple(replace(s, methods=s.methods + new) if s.methods else s
+                           for s in self.settings))
+
     def setting(self, name: str) -> Setting:
         return next(s for s in self.settings if s.name == name)
 
@@ -199,7 +227,8 @@ class Suite:
 def run_key(overrides: tuple[str, ...], final_evals: dict | None = None) -> str:
     """What identifies a run's result: its resolved config (and any extra evaluations)."""
     cfg = load_config(None, list(overrides)).to_dict()
-    for part in ("runtime", "tracking"):  # where a run is executed or logged: not its result
+    # where a run is executed or logged, and where its code is imported from: not its result
+    for part in ("runtime", "tracking", "plugins"):
         cfg.pop(part, None)
     if cfg["train"]["eval_every"] >= cfg["train"]["rounds"]:
         cfg["train"]["eval_every"] = cfg["train"]["rounds"]  # "final only" has one spelling

@@ -95,8 +95,11 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
 def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None = None,
               report_dir: str | Path | None = None, address: str | None = None,
               tracking: bool = True, tracking_uri: str | None = None,
-              command: str = "", log=print) -> Path:
-    """Tune, run and report a suite; return the path of its ``results.md``."""
+              command: str = "", log=print, add_methods: list[str] = (),
+              plugins: list[str] = ()) -> Path:
+    """Tune, run and report a suite; return the path of its ``results.md``.
+    ``add_methods`` join every setting's rows (a plugin's method: name its module in
+    ``plugins``)."""
     import platform
 
     from ..experiments.report import tuned_lrs, write_report
@@ -107,6 +110,8 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     if name not in SUITES:
         raise RayfedError(f"unknown suite {name!r}; available: {sorted(SUITES)}")
     suite = SUITES[name](quick)
+    if add_methods or plugins:
+        suite = suite.with_methods(add_methods, plugins)
     out = Path(out or f"rayfed_runs/experiment-{suite.name}").resolve()
     report_dir = Path(report_dir).resolve() if report_dir else out / "report"
     store = RunStore(out)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, apply_overrides, from_dict, read_yaml
+from ..config import ExperimentConfig, apply_overrides, from_dict, read_yaml, with_plugins
 from ..errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
@@ -108,8 +108,10 @@ def _dimension(path: Path, key: str, spec: Any) -> Dimension:
     return Dimension(key, kind, list(args), dict(when))
 
 
-def load_space(path: str | Path, overrides: list[str] = ()) -> SweepSpace:
-    """Read and check a space file; ``overrides`` (dotted) change its ``base``."""
+def load_space(path: str | Path, overrides: list[str] = (),
+               plugins: list[str] = ()) -> SweepSpace:
+    """Read and check a space file; ``overrides`` (dotted) change its ``base`` and
+    ``plugins`` (``--import``) join its ``base.plugins``."""
     path = Path(path)
     raw = read_yaml(path, "search-space file (see tune_spaces/)")
     unknown = sorted(set(raw) - set(SPACE_KEYS))
@@ -159,6 +161,7 @@ def load_space(path: str | Path, overrides: list[str] = ()) -> SweepSpace:
     base: dict = {}
     _merge(base, raw.get("base") or {})
     apply_overrides(base, list(overrides))  # dotted overrides on top of base
+    with_plugins(base, list(plugins))
     sp.base = base
     try:
         cfg = from_dict(ExperimentConfig, base)

@@ -264,9 +264,10 @@ def progress_callback(metric: str, mode: str, rounds: int):
 
 def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
               address: str | None = None, resume_dir: str | Path | None = None,
-              output_dir: str | Path | None = None) -> dict:
+              output_dir: str | Path | None = None, plugins: list[str] = ()) -> dict:
     """Run (or resume) a sweep; choose on validation, then evaluate the chosen trial's
-    test split once; write best-config YAML, results CSV, anytime curve and PNGs."""
+    test split once; write best-config YAML, results CSV, anytime curve and PNGs.
+    ``plugins`` join the space's ``base.plugins`` (and are kept for a resume)."""
     import ray
     from ray import tune
 
@@ -283,15 +284,16 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
         if state is None:
             raise ConfigError(f"{sweep_dir} is not a sweep folder (no sweep.yaml)")
         space_path, overrides = state["space_path"], state["overrides"]
+        plugins = [*state.get("plugins", []), *plugins]
         output_dir = state["output_dir"]  # the same MLflow store and folders as before
-    sp = load_space(space_path, list(overrides))
+    sp = load_space(space_path, list(overrides), list(plugins))
     base_cfg = sp.base_config
     out_root = Path(output_dir or base_cfg.runtime.output_dir).resolve()
     if not resume_dir:
         sweep_dir = out_root / "sweeps" / f"{datetime.now():%Y%m%d-%H%M%S}-{sp.name}"
         sweep_dir.mkdir(parents=True, exist_ok=True)
         state = {"space_path": str(Path(space_path).resolve()), "overrides": list(overrides),
-                 "output_dir": str(out_root), "parent_run_id": None}
+                 "plugins": list(plugins), "output_dir": str(out_root), "parent_run_id": None}
     partition_dir = str(resolve_partition(base_cfg.data, base_cfg.seed))
     uri = resolve_tracking_uri(base_cfg.tracking.tracking_uri, out_root) \
         if base_cfg.tracking.enabled else None
