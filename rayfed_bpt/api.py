@@ -44,10 +44,11 @@ class RunResult:
 
 def config(source: str | Path | Mapping | None = None,
            overrides: Mapping[str, Any] | Sequence[str] = (),
-           plugins: Sequence[str] = ()) -> ExperimentConfig:
+           plugins: Sequence[str] = (), **sections: Any) -> ExperimentConfig:
     """A checked config: from a YAML file or a (nested or dotted) mapping, or the defaults,
-    with ``overrides`` — ``{"train.rounds": 5}`` or ``["train.rounds=5"]`` — on top and
-    ``plugins`` imported and added to its own. Bad keys and values are refused here."""
+    with ``overrides`` — ``{"train.rounds": 5}`` or ``["train.rounds=5"]`` — and keyword
+    sections — ``train={"rounds": 5}, seed=1`` — on top, ``plugins`` imported and added to
+    its own. Bad keys and values are refused here."""
     if source is None:
         d: dict = {}
     elif isinstance(source, Mapping):
@@ -61,6 +62,8 @@ def config(source: str | Path | Mapping | None = None,
             _set(d, key, value)
     else:
         apply_overrides(d, list(overrides))
+    for key, value in sections.items():
+        _set(d, key, value)
     return from_dict(ExperimentConfig, with_plugins(d, list(plugins)))
 
 

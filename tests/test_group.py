@@ -19,13 +19,17 @@ from rayfed_bpt.models import PromptedViT, create_backbone
 SIZES = {0: 70, 1: 33, 2: 96}  # 3, 2 and 3 batches of 32 per epoch
 
 
-@pytest.fixture(scope="module")
-def setup(digits4, tmp_path_factory):
-    part = write_partition(digits4, PartitionConfig("domain_mix", num_clients=3, seed=0),
-                           tmp_path_factory.mktemp("group") / "p3")
-    reader = PartitionReader(part)
+def group_setup(digits4, folder):
+    """The backbone and three clients of different sizes (test_plugins uses it too)."""
+    reader = PartitionReader(write_partition(
+        digits4, PartitionConfig("domain_mix", num_clients=3, seed=0), folder / "p3"))
     datas = {k: ClientData.from_shard(reader.load(k), n, 24, seed=0) for k, n in SIZES.items()}
     return PromptedViT(create_backbone()), datas
+
+
+@pytest.fixture(scope="module")
+def setup(digits4, tmp_path_factory):
+    return group_setup(digits4, tmp_path_factory.mktemp("group"))
 
 
 def _tasks(alg, datas, round=1):
@@ -34,7 +38,10 @@ def _tasks(alg, datas, round=1):
 
 @pytest.mark.parametrize("name", list_algorithms())
 def test_a_group_equals_its_clients_one_by_one(name, setup):
-    backbone, datas = setup
+    check_group(name, *setup)
+
+
+def check_group(name, backbone, datas):
     options = {} if name == "fedavg_linear" else {"prompt_len": 3}
     train = TrainConfig(local_epochs=2, batch_size=32, lr=0.02)
     alg = create_algorithm(name, backbone, 10, train, options, seed=5, num_clients=3)

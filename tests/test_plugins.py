@@ -96,6 +96,16 @@ def test_proximal_loss_is_ce_plus_half_mu_squared_distance(on_path, part4):
     assert torch.allclose(module.prompt.grad, want_g, atol=1e-6)
 
 
+def test_plugin_group_step_equals_its_clients_one_by_one(on_path, digits4, tmp_path):
+    """The base class's batched group step serves a plugin that wrote only its loss."""
+    from test_group import check_group, group_setup
+
+    from rayfed_bpt.plugins import import_plugins
+
+    import_plugins(["rayfed_fedprox"])
+    check_group("fedprox_vpt", *group_setup(digits4, tmp_path))
+
+
 def test_plugin_on_ray_actors_equals_in_process_through_a_recreated_driver(
         part4, tmp_path, plugin_ray):
     """Client actors and a recreated driver actor (dies after round 1's checkpoint, comes
@@ -256,8 +266,10 @@ def test_api_imports_neither_ray_nor_torch_and_builds_checked_configs():
     code = textwrap.dedent("""
         import sys
         from rayfed_bpt import api
-        cfg = api.config({"train": {"rounds": 4}}, {"algorithm.options.beta": 0.01})
+        cfg = api.config({"train": {"rounds": 4}}, {"algorithm.options.beta": 0.01},
+                         seed=3, data={"num_clients": 6})
         assert cfg.train.rounds == 4 and cfg.algorithm.options == {"beta": 0.01}
+        assert cfg.seed == 3 and cfg.data.num_clients == 6 and cfg.train.lr == 0.01
         from rayfed_bpt.errors import ConfigError
         try:
             api.config(overrides=["train.roundz=1"])
