@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         if args.config:
             raise ConfigError("--resume continues a run with its own config.yaml; drop --config")
         from .plugins import import_plugins
-        from .runtime.launch import config_of_run
+        from .runtime.preflight import config_of_run
 
         import_plugins(args.imports)
         cfg = config_of_run(args.resume, args.set)

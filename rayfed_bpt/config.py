@@ -17,6 +17,7 @@ URL), pickle across Ray as they are, and cost no import time in the entry proces
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -153,6 +154,14 @@ class TrainConfig:
             raise ConfigError(f"train.optimizer_state must be reset or keep, got "
                               f"{self.optimizer_state!r}")
 
+    def check_population(self, num_clients: int) -> None:
+        """Sampling more clients a round than the partition holds is a mistake to report,
+        not a count to cut silently (checked where the partition is known)."""
+        if self.clients_per_round is not None and self.clients_per_round > num_clients:
+            raise ConfigError(f"train.clients_per_round={self.clients_per_round} but the "
+                              f"partition has {num_clients} clients: sample at most "
+                              f"{num_clients} a round (or set train.fraction)")
+
 
 FAULTS = ("driver_exit", "actor_exit", "pause")
 
@@ -219,6 +228,12 @@ class RuntimeConfig:
                                               and self.group_size >= 1):
             raise ConfigError(f"runtime.group_size={self.group_size!r}; allowed: auto or an "
                               "integer >= 1")
+        name = self.run_name
+        if name is not None and (name in ("", ".", "..") or any(c in "/\\" or ord(c) < 32
+                                                               or ord(c) == 127 for c in name)):
+            raise ConfigError(f"runtime.run_name={name!r} must be one folder name inside "
+                              "runtime.output_dir: no '/' or '\\', no control characters, "
+                              "not '.' or '..' (e.g. runtime.run_name=exp1)")
         for f in self.faults:
             kind, _, at = str(f).partition("@")
             if kind not in FAULTS or not at.isdigit():
@@ -332,11 +347,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):  # NaN or inf would fail (or run silently) in an actor
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

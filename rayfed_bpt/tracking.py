@@ -10,11 +10,15 @@ to absolute paths here, once, before any worker starts.
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import json
 import math
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .engine.state import RoundListener, RunState
@@ -34,13 +38,30 @@ def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
     return uri
 
 
+def _auth_headers() -> dict[str, str]:
+    """The credentials MLflow's client sends (a token, or a user and password)."""
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    return {}
+
+
 def check_tracking_uri(uri: str) -> None:
     """Fail in seconds, before anything starts, when ``uri`` cannot be used."""
     if uri.startswith(("http://", "https://")):
+        request = urllib.request.Request(uri.rstrip("/") + "/health", headers=_auth_headers())
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-        except urllib.error.HTTPError:
-            pass  # it answers (an auth proxy, an older server): reachable
+            urllib.request.urlopen(request, timeout=5).close()
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise ConfigError(
+                    f"the MLflow tracking server {uri} refused the request (HTTP {e.code}): "
+                    "check credentials (MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME "
+                    "and MLFLOW_TRACKING_PASSWORD).") from None
+            # any other answer (an older server without /health): it is there
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ConfigError(f"the MLflow tracking server {uri} cannot be reached ({reason}). "
@@ -72,6 +93,24 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Within: no other process opens the same SQLite store for the first time. MLflow
+    creates a new store's schema on first use; two runs started at once into a new
+    output folder would both create it, and one would die ("duplicate column")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Tracker:
     """A thin wrapper over ``MlflowClient`` (no global MLflow state: safe in actors)."""
 
@@ -79,6 +118,11 @@ class Tracker:
         if uri.startswith(("http://", "https://")):
             for k, v in HTTP_ENV.items():
                 os.environ.setdefault(k, v)
+        with store_lock(uri):
+            self._open(uri, experiment, artifact_root)
+        self.run_id: str | None = None
+
+    def _open(self, uri: str, experiment: str, artifact_root: str | Path | None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
@@ -102,7 +146,6 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - any store failure gets the same advice
             raise RayfedError(f"cannot reach the MLflow tracking store {uri}: {e}. Check "
                               "tracking.tracking_uri / MLFLOW_TRACKING_URI.") from e
-        self.run_id: str | None = None
 
     def start(self, run_name: str, params: dict, run_id: str | None = None,
               parent_run_id: str | None = None) -> str:
@@ -150,12 +193,27 @@ class Tracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
+#: where a run folder records that its MLflow run moved to the fallback store
+FALLBACK = "mlflow-fallback.json"
+
+
+def fallback_of(run_dir: str | Path) -> tuple[str, str] | None:
+    """(store, run id) a run moved to after its tracking store failed, if it did."""
+    path = Path(run_dir) / FALLBACK
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    return d["tracking_uri"], d["mlflow_run_id"]
+
+
 class MlflowListener(RoundListener):
     """Logs a run to MLflow after each round, and survives the store going away.
 
     If logging fails mid-run (a tracking server stopped), training goes on: the
     run, with every round so far, is re-created in a local SQLite store in the run
-    folder, later rounds go there, and ``note`` tells the person where it is.
+    folder, later rounds go there, and ``note`` tells the person where it is. The move
+    is recorded in the run folder (``FALLBACK``), so that a driver recreated after a
+    crash goes on in that store too (``fallback_of``).
     """
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | Path,
@@ -194,10 +252,20 @@ class MlflowListener(RoundListener):
         self.tracker.start(self.run_dir.name, self.params)
         for m in state.history:  # every round so far, so nothing is lost in either store
             self.tracker.log_metrics(m, step=int(m["round"]))
+        state.mlflow_run_id = self.tracker.run_id  # later checkpoints name the moved run
+        tmp = self.run_dir / f".{FALLBACK}.tmp"
+        tmp.write_text(json.dumps({"tracking_uri": self.fallback_uri,
+                                   "mlflow_run_id": self.tracker.run_id}))
+        os.replace(tmp, self.run_dir / FALLBACK)
         self.note(f"the MLflow store {lost} failed at round {state.round} "
                   f"({str(error).splitlines()[0][:200]}); training goes on, and this run's "
                   f"metrics (every round) are in {self.fallback_uri}; browse them: "
                   f"{ui_command(self.fallback_uri)}")
+
+    @property
+    def uri(self) -> str:
+        """The store that holds the run now (the fallback one after a failure)."""
+        return self.tracker.uri
 
     def log_artifacts(self, folder: str | Path) -> None:
         try:

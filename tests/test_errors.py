@@ -129,6 +129,21 @@ CASES = [
      "run --import no_such_plugin", "plugin module 'no_such_plugin' cannot be imported", 5),
     ("plugin-path", "a file path where a plugin's module name belongs",
      "run --import {tmp}/my_method.py", "is not a module name", 5),
+    ("run-name-escape", "a run name that climbs out of the output folder",
+     "run --set data.partition_dir={part} runtime.output_dir={runs} "
+     "runtime.run_name=../../escape", "must be one folder name inside runtime.output_dir", 5),
+    ("run-name-nested", "a run name that is a path",
+     "run --set runtime.run_name=a/b", "runtime.run_name='a/b' must be one folder name", 5),
+    ("nan-lr", "a learning rate that is not a number",
+     "run --set train.lr=nan", "train.lr=nan must be a finite number", 5),
+    ("clients-per-round", "more clients a round than the partition holds",
+     "run --set data.partition_dir={part} runtime.output_dir={runs} "
+     "train.clients_per_round=99", "train.clients_per_round=99 but the partition has 3 "
+                                   "clients", 10),
+    ("backbone-not-weights", "a text file given as the backbone's weights",
+     "run --set data.partition_dir={part} runtime.output_dir={runs} backbone.source=file "
+     "backbone.name=vit_tiny_patch16_224 backbone.checkpoint={tmp}/weights.safetensors",
+     "is not a weights file", 10),
     ("add-method-unknown", "a suite row for a method that is not registered",
      "experiment --quick --add-method fedprx_vpt",
      "--add-method ['fedprx_vpt']: not a registered algorithm", 30),
@@ -163,6 +178,7 @@ def _write_broken_inputs(tmp: Path, part: Path) -> None:
     (tmp / "cutrun" / "checkpoint.prev.safetensors").write_bytes(b"")
     (tmp / "pickled" / "checkpoint.pt").write_bytes(b"\x80\x04K\x01.")
     (tmp / "space.yaml").write_text("space:\n  train.lr: {normal: [0, 1]}\n")
+    (tmp / "weights.safetensors").write_text("these are notes, not weights\n")
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -206,6 +222,48 @@ def test_bad_input_gives_one_clear_message(case, broken, tmp_path):
     # no run folder, no MLflow store (here or in the default ./rayfed_runs): nothing half made
     assert not runs.exists() and not (tmp_path / "rayfed_runs").exists()
     assert _snapshot(tmp) == before  # and nothing changed among the inputs
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_a_tracking_server_that_refuses_says_check_credentials(code, tmp_path, monkeypatch):
+    """A server behind auth answers /health with 401/403: that is not "reachable" (the run
+    would fail later, in the driver); with the right token it is."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from rayfed_bpt.errors import ConfigError
+    from rayfed_bpt.tracking import check_tracking_uri
+
+    class Guarded(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            ok = self.headers.get("Authorization") == "Bearer right-token"
+            self.send_response(200 if ok else code)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+        with pytest.raises(ConfigError, match=f"refused the request \\(HTTP {code}\\): check "
+                                              "credentials"):
+            check_tracking_uri(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "right-token")
+        check_tracking_uri(uri)  # the client's credentials go with the check
+    finally:
+        server.shutdown()
+
+
+def test_a_checkpoint_left_half_written_by_a_hard_crash_is_swept(tmp_path):
+    from rayfed_bpt.engine.checkpoint import CheckpointWriter
+
+    (tmp_path / ".checkpoint.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "keep.tmp").write_bytes(b"not ours")
+    CheckpointWriter(tmp_path, {}, every=1, rounds=2)  # what a (resumed) run starts with
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmp"]
 
 
 def test_the_catalogue_lists_every_case_with_its_message():

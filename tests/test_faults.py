@@ -103,13 +103,16 @@ def test_signal_stops_cleanly_and_says_how_to_resume(sig, code, name, part4, tmp
 
 
 def test_mlflow_server_going_away_loses_nothing(part4, tmp_path):
+    """The server dies after round 1; round 2 falls back to a store in the run folder; the
+    driver then dies after round 2's checkpoint, and its successor goes on in that store
+    (the server is still down): one run there, every round, and the last lines name it."""
     server, uri = start_mlflow_server(tmp_path / "mlflow")
     out, run_dir = tmp_path / "runs", tmp_path / "runs" / "outage"
     try:
         proc = subprocess.Popen(CLI + ["--no-progress", "--set",
                                        *overrides(part4, out, "runtime.run_name=outage",
                                                   f"tracking.tracking_uri={uri}",
-                                                  "runtime.faults=[pause@1]")],
+                                                  "runtime.faults=[pause@1,driver_exit@2]")],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         _wait_paused(run_dir, 1, proc)
     finally:
@@ -130,6 +133,9 @@ def test_mlflow_server_going_away_loses_nothing(part4, tmp_path):
     assert run.info.status == "FINISHED"
     for key in ("acc_mean", "train_loss"):  # every round, the ones the server had too
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
+    assert "recreating it from the checkpoint of round 2" in output
+    assert f"MLflow run {run.info.run_id} in sqlite:///{fallback}" in output
+    assert f"browse it: open {uri}" not in output
 
 
 def test_unreachable_tracking_server_fails_in_seconds_and_writes_nothing(part4, tmp_path):
@@ -142,17 +148,20 @@ def test_unreachable_tracking_server_fails_in_seconds_and_writes_nothing(part4, 
     assert time.time() - t < 20 and not out.exists()
 
 
-def test_two_runs_started_in_the_same_second_get_their_own_folders(part4, tmp_path):
+def test_two_first_runs_started_at_once_get_their_own_folders_and_mlflow_runs(part4,
+                                                                                tmp_path):
+    """Two runs started in the same second into a new output folder: each its own run
+    folder, and both in the MLflow store neither found there (its schema is created once:
+    the second waits for the first instead of dying on "duplicate column")."""
     out = tmp_path / "runs"
     procs = [subprocess.Popen(CLI + ["--no-progress", "--set",
-                                     *overrides(part4, out, f"train.lr={lr}", "train.rounds=1",
-                                                "runtime.num_actors=1",
-                                                "tracking.enabled=false")],
+                                     *overrides(part4, out, f"train.lr={lr}", "train.rounds=2",
+                                                "runtime.num_actors=1")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for lr in (0.01, 0.05)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    folders = sorted(out.iterdir())
+    folders = sorted(f for f in out.iterdir() if (f / "config.yaml").exists())
     assert len(folders) == 2
     lrs = set()
     for f in folders:
@@ -160,6 +169,15 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(part4, tmp_pa
         assert (f / "config.yaml").read_text().count(f"lr: {cfg['train']['lr']}") == 1
         lrs.add(cfg["train"]["lr"])
     assert lrs == {0.01, 0.05}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "rayfed_bpt"]
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f.name for f in folders]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "acc_mean")] == [1, 2]
 
 
 def test_resume_into_another_tracking_store_replays_every_round(tmp_path):

@@ -24,7 +24,7 @@ from rayfed_bpt.engine import (
 )
 from rayfed_bpt.engine.setup import torch_threads
 from rayfed_bpt.errors import RayfedError
-from rayfed_bpt.runtime.launch import config_of_run
+from rayfed_bpt.runtime.preflight import config_of_run
 
 SKIP = {"round_seconds", "eval_seconds"}
 

@@ -20,7 +20,7 @@ from rayfed_bpt.engine import CheckpointWriter, evaluate_run, run_reference
 from rayfed_bpt.engine.schedule import train_sizes
 from rayfed_bpt.engine.setup import load_client
 from rayfed_bpt.errors import ConfigError
-from rayfed_bpt.runtime.launch import create_run_dir
+from rayfed_bpt.runtime.preflight import create_run_dir
 
 SKIP = {"round_seconds", "eval_seconds"}
 

@@ -157,6 +157,10 @@ class CheckpointWriter(RoundListener):
 
     def __init__(self, run_dir: str | Path, config: dict, every: int, rounds: int):
         self.run_dir, self.config, self.every, self.rounds = Path(run_dir), config, every, rounds
+        # a writer killed mid-write (a hard crash) leaves its temporary file: one writer
+        # per run folder at a time, so whatever is there now is such a leftover
+        for leftover in self.run_dir.glob(".checkpoint.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def on_round(self, state: RunState, metrics: dict) -> None:
         if state.round % self.every == 0 or state.round == self.rounds:

@@ -33,6 +33,7 @@ def local_engine(cfg: ExperimentConfig, listeners: Sequence[RoundListener] = ())
     """The engine over an in-process pool for ``cfg`` (the partition made if needed)."""
     import_plugins(cfg.plugins)  # a config from a Ray task: its partitioner may be a plugin
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
+    cfg.train.check_population(reader.num_clients)
     host = ClientHost(cfg, str(reader.root), reader=reader)
     pool = InProcessPool(host, train_sizes(reader, cfg))
     return Engine(cfg, host.alg, pool, reader.client_ids, reader.info.domain_names, listeners)

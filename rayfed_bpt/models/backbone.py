@@ -88,12 +88,18 @@ def create_backbone(
         if not Path(checkpoint).exists():
             raise ConfigError(f"backbone checkpoint {checkpoint} does not exist")
         # num_classes in the overlay: without it timm re-initialises the head silently.
-        model = timm.create_model(
-            name,
-            pretrained=True,
-            num_classes=0,
-            pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=0),
-        )
+        try:
+            model = timm.create_model(
+                name,
+                pretrained=True,
+                num_classes=0,
+                pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=0),
+            )
+        except (RuntimeError, ValueError, KeyError, IndexError, OSError) as e:
+            raise ConfigError(f"backbone.checkpoint {checkpoint} could not be loaded as the "
+                              f"weights of {name}: {str(e).splitlines()[0][:200]}. Check that "
+                              "backbone.name is the architecture the file was saved from.") \
+                from None
     else:
         raise ConfigError(f"unknown backbone.source {source!r}; allowed: builtin, timm, file")
     if not isinstance(model, VisionTransformer):

@@ -83,7 +83,9 @@ class Driver:
         self.state = found[0] if found else None
         if self.state is not None:
             self._progress["round"] = self.state.round
-            self._progress["mlflow_run_id"] = self.state.mlflow_run_id or mlflow_run_id
+            # the keeper's id is the newer one (a run moved to the fallback store after
+            # this checkpoint); a --resume in a new process has only the checkpoint's
+            self._progress["mlflow_run_id"] = mlflow_run_id or self.state.mlflow_run_id
         # 3. the MLflow store (import, schema) in a thread, while the actors still start
         self._tracking = _Background(self._open_tracking) if self.tracking_uri else None
 
@@ -190,7 +192,7 @@ class Driver:
         state = self.state or engine.initial_state()
         if self.tracker is not None:
             state.mlflow_run_id = self.tracker.start(
-                state.mlflow_run_id or self._progress["mlflow_run_id"], state.history)
+                self._progress["mlflow_run_id"] or state.mlflow_run_id, state.history)
             self._update(mlflow_run_id=state.mlflow_run_id)
         self.timeline["tracking_ready"] = time.time()
         self._update(status="training", round=state.round)
@@ -203,7 +205,8 @@ class Driver:
             self.tracker.finish("FINISHED")
         self._update(status="finished")
         return {"history": evaluated(state.history), "run_dir": str(self.run_dir),
-                "mlflow_run_id": state.mlflow_run_id, "tracking_uri": self.tracking_uri,
+                "mlflow_run_id": state.mlflow_run_id,
+                "tracking_uri": self.tracker.uri if self.tracker else self.tracking_uri,
                 "actors": infos, "actor_memory": memory, "actors_replaced": self.pool.replaced,
                 "actors_start_seconds": actors_ready_at - self.timeline["driver_init"],
                 "actors_ready_at": actors_ready_at,

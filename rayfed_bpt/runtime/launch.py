@@ -2,8 +2,9 @@
 
 ``run_experiment`` is what ``rayfed-bpt run`` calls, locally or under
 ``ray job submit``. It stays light (no torch, no model): it checks everything it
-can before Ray starts — output folder, partition and shard hashes, the
-checkpoint of a ``--resume``, the tracking store — then starts (or joins) Ray,
+can before Ray starts (``preflight``: output folder, partition and shard hashes,
+the backbone's weights file; the checkpoint of a ``--resume``, the tracking store)
+— then starts (or joins) Ray,
 creates the driver actor (which checks the algorithm's options) and only then
 the run folder. While the driver runs the rounds it waits on the driver's
 progress (blocking calls, no polling), recreates a driver that died from the
@@ -14,25 +15,27 @@ MLflow run KILLED, checkpoint kept, the resume command printed.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 import ray
-import yaml
 from ray.exceptions import RayActorError, RayTaskError
 
-from ..config import ExperimentConfig, from_dict
-from ..data import PartitionReader
-from ..data.recipe import resolve_partition
+from ..config import ExperimentConfig
 from ..engine.checkpoint import checkpoint_round
-from ..errors import ConfigError, Interrupted, RayfedError
-from ..tracking import HTTP_ENV, check_tracking_uri, resolve_tracking_uri, ui_command
+from ..errors import Interrupted, RayfedError
+from ..tracking import (
+    HTTP_ENV,
+    check_tracking_uri,
+    fallback_of,
+    resolve_tracking_uri,
+    ui_command,
+)
 from .driver import Driver  # light: torch loads in the driver actor's own process
+from .preflight import check_backbone_file, check_partition, create_run_dir, new_run_dir
 
 
 def init_ray(address: str | None) -> bool:
@@ -48,70 +51,6 @@ def init_ray(address: str | None) -> bool:
         ray.init(include_dashboard=False, log_to_driver=True,
                  _system_config={"preload_python_modules": ["rayfed_bpt.engine.pool"]})
     return True
-
-
-def usable_folder(path: Path, what: str) -> Path:
-    """``path`` resolved, or a ConfigError when it could not be created and written."""
-    path = path.resolve()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder. Choose another "
-                          "runtime.output_dir.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: {existing} is not writable. Choose another "
-                          "runtime.output_dir.")
-    return path
-
-
-def new_run_dir(cfg: ExperimentConfig) -> Path:
-    """The run folder's path (not created yet): the run name, or a time stamp with a
-    random suffix, so two runs started in the same second never share a folder."""
-    root = usable_folder(Path(cfg.runtime.output_dir), "runtime.output_dir")
-    name = cfg.runtime.run_name or (
-        f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.algorithm.name}-s{cfg.seed}-{secrets.token_hex(3)}")
-    run_dir = root / name
-    if run_dir.exists():
-        raise ConfigError(f"run folder {run_dir} already exists; resume it with "
-                          f"`rayfed-bpt run --resume {run_dir}` or choose another "
-                          "runtime.run_name.")
-    return run_dir
-
-
-def create_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """Make the folder (refusing one made meanwhile) and write its config.yaml."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        run_dir.mkdir()
-    except FileExistsError:
-        raise ConfigError(f"run folder {run_dir} was created by another run meanwhile; "
-                          "choose another runtime.run_name") from None
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def config_of_run(run_dir: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """A run folder's config; ``overrides`` may change ``tracking.*`` only (a run resumed
-    elsewhere may log to another store; anything else would change its numbers)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); pass the folder "
-                          "that `rayfed-bpt run` printed.")
-    bad = [o for o in overrides if not o.startswith("tracking.")]
-    if bad:
-        raise ConfigError(f"--resume continues a run with its own config; only tracking.* may "
-                          f"change, not {bad}")
-    from ..config import apply_overrides
-
-    d = yaml.safe_load(path.read_text())
-    return from_dict(ExperimentConfig, apply_overrides(d, list(overrides)))
-
-
-def check_partition(cfg: ExperimentConfig) -> Path:
-    """The partition folder, with every shard's hash checked once, here: a corrupt shard
-    is reported in seconds, before any actor starts."""
-    partition_dir = resolve_partition(cfg.data, cfg.seed)
-    reader = PartitionReader(partition_dir)
-    reader.verify_all()
-    return partition_dir
 
 
 _SIGTERM = {"received": False}
@@ -215,6 +154,7 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
     else:
         run_dir = new_run_dir(cfg)
     partition_dir = check_partition(cfg)
+    check_backbone_file(cfg)
     uri = (resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.runtime.output_dir)
            if cfg.tracking.enabled else None)
     if uri:
@@ -254,8 +194,10 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
                     f"{last[p + 'acc_std']:.4f}, min {last[p + 'acc_min']:.4f}), global acc "
                     f"{last[p + 'global_acc']:.4f}")
         log(f"run folder: {run_dir}")
-        if uri:
-            log(f"MLflow run {summary['mlflow_run_id']} in {uri}\n  browse it: {ui_command(uri)}")
+        if uri:  # the store that holds the run: the fallback one after an outage
+            held = summary["tracking_uri"]
+            log(f"MLflow run {summary['mlflow_run_id']} in {held}\n  browse it: "
+                f"{ui_command(held)}")
     return summary
 
 
@@ -327,6 +269,9 @@ class _Supervisor:
             self.display.restart()
         # an unreachable (not dead) driver must not go on beside its successor
         ray.kill(self.driver, no_restart=True)
+        moved = fallback_of(self.run_dir)
+        if moved is not None:  # its store failed: the successor goes on in the fallback
+            self.uri, self.mlflow_run_id = moved
         self.start(resume=True)
         self.done = self.driver.run.remote()
 
@@ -340,8 +285,10 @@ class _Supervisor:
             except Exception:  # noqa: BLE001 - it may be gone already
                 pass
             ray.kill(self.driver, no_restart=True)  # its client actors die with it
-        if self.uri and self.mlflow_run_id:
-            _mark_killed(self.uri, self.mlflow_run_id)
+        moved = fallback_of(self.run_dir) if self.run_dir.exists() else None
+        uri, run_id = moved or (self.uri, self.mlflow_run_id)
+        if uri and run_id:
+            _mark_killed(uri, run_id)
         at = checkpoint_round(self.run_dir) if self.run_dir.exists() else None
         if at is None:
             return Interrupted(f"stopped by {name} before the first checkpoint; nothing to "

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, RayfedError
-from .space import Dimension, SweepSpace, load_space
+from .space import Dimension, SweepSpace, corner_points, load_space
 
 TRIAL_CPU = 0.1  # bundle 0: the trial function and its driver actor mostly wait
 
@@ -289,12 +289,15 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
     sp = load_space(space_path, list(overrides), list(plugins))
     base_cfg = sp.base_config
     out_root = Path(output_dir or base_cfg.runtime.output_dir).resolve()
+    partition_dir = str(resolve_partition(base_cfg.data, base_cfg.seed))
+    num_clients = PartitionReader(partition_dir, verify=False).num_clients
+    for point in corner_points(sp):  # every trial samples from this partition
+        sp.trial_config(point).train.check_population(num_clients)
     if not resume_dir:
         sweep_dir = out_root / "sweeps" / f"{datetime.now():%Y%m%d-%H%M%S}-{sp.name}"
         sweep_dir.mkdir(parents=True, exist_ok=True)
         state = {"space_path": str(Path(space_path).resolve()), "overrides": list(overrides),
                  "plugins": list(plugins), "output_dir": str(out_root), "parent_run_id": None}
-    partition_dir = str(resolve_partition(base_cfg.data, base_cfg.seed))
     uri = resolve_tracking_uri(base_cfg.tracking.tracking_uri, out_root) \
         if base_cfg.tracking.enabled else None
     tracker = None
@@ -305,7 +308,6 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
             run_id=state.get("parent_run_id"))
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(state))
     init_ray(address or base_cfg.runtime.address)
-    num_clients = PartitionReader(partition_dir, verify=False).num_clients
     trainable = tune.with_parameters(
         _trial, sp=sp, partition_dir=partition_dir, tracking_uri=uri,
         parent_run_id=state["parent_run_id"], trials_dir=str(sweep_dir / "trials"))
