@@ -197,13 +197,14 @@ class Tracker:
 FALLBACK = "mlflow-fallback.json"
 
 
-def fallback_of(run_dir: str | Path) -> tuple[str, str] | None:
-    """(store, run id) a run moved to after its tracking store failed, if it did."""
+def fallback_of(run_dir: str | Path) -> tuple[str, str, str] | None:
+    """(store, run id, the note that told of it) a run moved to after its tracking store
+    failed, if it did."""
     path = Path(run_dir) / FALLBACK
     if not path.exists():
         return None
     d = json.loads(path.read_text())
-    return d["tracking_uri"], d["mlflow_run_id"]
+    return d["tracking_uri"], d["mlflow_run_id"], d["note"]
 
 
 class MlflowListener(RoundListener):
@@ -253,14 +254,15 @@ class MlflowListener(RoundListener):
         for m in state.history:  # every round so far, so nothing is lost in either store
             self.tracker.log_metrics(m, step=int(m["round"]))
         state.mlflow_run_id = self.tracker.run_id  # later checkpoints name the moved run
+        note = (f"the MLflow store {lost} failed at round {state.round} "
+                f"({str(error).splitlines()[0][:200]}); training goes on, and this run's "
+                f"metrics (every round) are in {self.fallback_uri}; browse them: "
+                f"{ui_command(self.fallback_uri)}")
         tmp = self.run_dir / f".{FALLBACK}.tmp"
         tmp.write_text(json.dumps({"tracking_uri": self.fallback_uri,
-                                   "mlflow_run_id": self.tracker.run_id}))
+                                   "mlflow_run_id": self.tracker.run_id, "note": note}))
         os.replace(tmp, self.run_dir / FALLBACK)
-        self.note(f"the MLflow store {lost} failed at round {state.round} "
-                  f"({str(error).splitlines()[0][:200]}); training goes on, and this run's "
-                  f"metrics (every round) are in {self.fallback_uri}; browse them: "
-                  f"{ui_command(self.fallback_uri)}")
+        self.note(note)
 
     @property
     def uri(self) -> str:

@@ -100,6 +100,7 @@ class _Display:
         self.mode, self.rounds, self.log = mode, cfg.train.rounds, log
         self.shown: int | None = None
         self.notes = 0
+        self.seen: set[str] = set()
         self.bar = None
         if mode is True:
             from tqdm import tqdm
@@ -109,7 +110,7 @@ class _Display:
 
     def update(self, p: dict) -> None:
         for note in p["notes"][self.notes:]:
-            (self.bar.write if self.bar else print)(f"note: {note}")
+            self.note(note)
         self.notes = len(p["notes"])
         if self.shown is None:  # a resumed run starts at its checkpoint's round
             self.shown = p["round"]
@@ -130,6 +131,12 @@ class _Display:
         elif self.mode == "lines" and p["round"] > self.shown:
             print(f"round {p['round']}/{self.rounds}  {_describe(p['metrics'])}", flush=True)
         self.shown = max(self.shown, p["round"])
+
+    def note(self, text: str) -> None:
+        """Show a note once (a recreated driver may repeat its predecessor's)."""
+        if text not in self.seen:
+            self.seen.add(text)
+            (self.bar.write if self.bar else print)(f"note: {text}")
 
     def restart(self) -> None:
         self.shown = None
@@ -271,7 +278,9 @@ class _Supervisor:
         ray.kill(self.driver, no_restart=True)
         moved = fallback_of(self.run_dir)
         if moved is not None:  # its store failed: the successor goes on in the fallback
-            self.uri, self.mlflow_run_id = moved
+            self.uri, self.mlflow_run_id, note = moved
+            if self.display is not None:  # it may have died before its note reached us
+                self.display.note(note)
         self.start(resume=True)
         self.done = self.driver.run.remote()
 
@@ -286,7 +295,7 @@ class _Supervisor:
                 pass
             ray.kill(self.driver, no_restart=True)  # its client actors die with it
         moved = fallback_of(self.run_dir) if self.run_dir.exists() else None
-        uri, run_id = moved or (self.uri, self.mlflow_run_id)
+        uri, run_id = moved[:2] if moved else (self.uri, self.mlflow_run_id)
         if uri and run_id:
             _mark_killed(uri, run_id)
         at = checkpoint_round(self.run_dir) if self.run_dir.exists() else None
