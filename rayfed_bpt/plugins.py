@@ -27,6 +27,7 @@ import re
 import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
+from typing import Generic, TypeVar
 
 from .errors import ConfigError
 
@@ -116,3 +117,31 @@ def _origin_of(module: str) -> str:
     top = next((d for m, d in _entry_modules.items()
                 if module == m or module.startswith(m + ".")), None)
     return f"{module} from {top}" if top else f"module {module}"
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names -> entries of one kind (algorithms, partitioners, importers): each name held
+    by one object (``record``), plugins' entry points loaded on the first miss or list."""
+
+    def __init__(self, kind: str):
+        assert kind in KINDS, kind
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T, owner: object) -> None:
+        """Register ``entry`` (made from ``owner``, a class or function) as ``name``."""
+        record(self.kind, name, owner)
+        self._entries[name] = entry
+
+    def names(self) -> list[str]:
+        """Every registered name: the built-ins first, then plugins'."""
+        discover()
+        return list(self._entries)
+
+    def get(self, name: str) -> T | None:
+        if name not in self._entries:
+            discover()  # an entry point may bring it
+        return self._entries.get(name)

@@ -11,7 +11,7 @@ from .. import plugins
 from ..config import from_dict
 from ..errors import ConfigError
 
-_REGISTRY: dict[str, tuple[type, dict]] = {}
+_REGISTRY: plugins.Registry[tuple[type, dict]] = plugins.Registry("algorithms")
 
 
 def register_algorithm(name: str | None = None, **preset) -> Callable[[type], type]:
@@ -19,9 +19,7 @@ def register_algorithm(name: str | None = None, **preset) -> Callable[[type], ty
     ``preset`` options (an ablation). Stack it to register presets of one class."""
 
     def add(cls: type) -> type:
-        key = name or cls.name
-        plugins.record("algorithms", key, cls)  # a name another class holds is refused
-        _REGISTRY[key] = (cls, preset)
+        _REGISTRY.add(name or cls.name, (cls, preset), cls)  # a name that is taken: refused
         return cls
 
     return add
@@ -29,16 +27,14 @@ def register_algorithm(name: str | None = None, **preset) -> Callable[[type], ty
 
 def list_algorithms() -> list[str]:
     """Every registered name: the built-ins, then those of plugins."""
-    plugins.discover()
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def lookup(name: str) -> tuple[type, dict]:
-    if name not in _REGISTRY:
-        plugins.discover()  # an entry point may bring it
-    if name not in _REGISTRY:
+    found = _REGISTRY.get(name)
+    if found is None:
         raise ConfigError(f"unknown algorithm.name {name!r}; allowed: {list_algorithms()}")
-    return _REGISTRY[name]
+    return found
 
 
 def algorithm_options(name: str, options: dict | None) -> dict:

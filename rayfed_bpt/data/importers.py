@@ -46,7 +46,7 @@ class ImportRequest:
 
 
 Importer = Callable[[ImportRequest], tuple[pa.Table, DatasetInfo]]
-_IMPORTERS: dict[str, tuple[Importer, bool]] = {}  # name -> (importer, needs --source)
+_IMPORTERS: plugins.Registry[tuple[Importer, bool]] = plugins.Registry("importers")
 
 
 def register_importer(name: str, needs_path: bool = True) -> Callable[[Importer], Importer]:
@@ -54,26 +54,23 @@ def register_importer(name: str, needs_path: bool = True) -> Callable[[Importer]
     ``needs_path``: it reads files named by ``--source``."""
 
     def deco(fn: Importer) -> Importer:
-        plugins.record("importers", name, fn)
-        _IMPORTERS[name] = (fn, needs_path)
+        _IMPORTERS.add(name, (fn, needs_path), fn)
         return fn
 
     return deco
 
 
 def importer_names() -> list[str]:
-    plugins.discover()
-    return list(_IMPORTERS)
+    return _IMPORTERS.names()
 
 
 def importer(name: str) -> tuple[Importer, bool]:
     """The importer ``name`` and whether it needs ``--source``."""
-    if name not in _IMPORTERS:
-        plugins.discover()
-    if name not in _IMPORTERS:
+    found = _IMPORTERS.get(name)
+    if found is None:
         raise ConfigError(f"unknown source {name!r}; allowed: {importer_names()} (a plugin's "
                           "importer: --import MODULE)")
-    return _IMPORTERS[name]
+    return found
 
 
 def _require_dir(path: Path, what: str) -> None:

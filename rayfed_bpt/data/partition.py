@@ -33,7 +33,8 @@ from ..errors import ConfigError, DataError
 
 # name -> (weights function, the recipe options it reads beyond num_clients, seed,
 # min_samples, max_draws, whether it draws at random and may redraw for min_samples)
-_PARTITIONERS: dict[str, tuple[Callable, tuple[str, ...], bool]] = {}
+_PARTITIONERS: plugins.Registry[tuple[Callable, tuple[str, ...], bool]] = \
+    plugins.Registry("partitioners")
 
 
 def register_partitioner(name: str, reads: tuple[str, ...] = (), random: bool = False):
@@ -44,25 +45,22 @@ def register_partitioner(name: str, reads: tuple[str, ...] = (), random: bool = 
     ``min_samples``."""
 
     def deco(fn: Callable) -> Callable:
-        plugins.record("partitioners", name, fn)
-        _PARTITIONERS[name] = (fn, reads, random)
+        _PARTITIONERS.add(name, (fn, reads, random), fn)
         return fn
 
     return deco
 
 
 def partitioner_names() -> list[str]:
-    plugins.discover()
-    return list(_PARTITIONERS)
+    return _PARTITIONERS.names()
 
 
 def _partitioner(name: str) -> tuple[Callable, tuple[str, ...], bool]:
-    if name not in _PARTITIONERS:
-        plugins.discover()
-    if name not in _PARTITIONERS:
+    found = _PARTITIONERS.get(name)
+    if found is None:
         raise ConfigError(f"unknown partitioner {name!r} (data.partitioner / --partitioner); "
                           f"allowed: {partitioner_names()}")
-    return _PARTITIONERS[name]
+    return found
 
 
 def recipe_record(cfg: PartitionConfig) -> dict:
