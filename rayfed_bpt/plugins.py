@@ -25,6 +25,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
@@ -38,6 +39,7 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 
 _owners: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, name) -> (module, qualname)
 _entry_modules: dict[str, str] = {}  # module loaded by an entry point -> "dist (entry point)"
+_broken: dict[tuple[str, str], str] = {}  # (kind, entry-point name) -> why it failed
 _discovered = False
 
 
@@ -75,20 +77,29 @@ def import_plugins(modules: Iterable[str]) -> None:
 
 
 def discover() -> None:
-    """Load every entry point of the three groups, once per process."""
+    """Load every entry point of the three groups, once per process. One that fails to
+    load is skipped with a warning (a broken package must not stop runs of other
+    methods); asking for its name is then an error that says why (``broken``)."""
     global _discovered
     if _discovered:
         return
     _discovered = True
     for kind, group in GROUPS.items():
         for ep in entry_points(group=group):
-            _entry_modules[ep.module] = f"{ep.dist.name if ep.dist else '?'} (entry point " \
-                                        f"{group}:{ep.name})"
+            where = f"{ep.dist.name if ep.dist else '?'} (entry point {group}:{ep.name})"
+            _entry_modules[ep.module] = where
             try:
                 ep.load()
-            except ImportError as e:
-                raise ConfigError(f"the {kind} entry point {ep.name!r} = {ep.value!r} of "
-                                  f"{_entry_modules[ep.module]} cannot be loaded: {e}") from e
+            except Exception as e:  # noqa: BLE001 - whatever the package's import raises
+                _broken[(kind, ep.name)] = (f"the {kind[:-1]} {ep.name!r} of {where} cannot "
+                                            f"be loaded ({type(e).__name__}: {e}); fix or "
+                                            "uninstall that package")
+                warnings.warn(_broken[(kind, ep.name)], stacklevel=2)
+
+
+def broken(kind: str, name: str) -> str | None:
+    """Why the entry point that would have registered ``name`` failed to load, if one did."""
+    return _broken.get((kind, name))
 
 
 def record(kind: str, name: str, obj: object) -> None:
@@ -142,6 +153,11 @@ class Registry(Generic[T]):
         return list(self._entries)
 
     def get(self, name: str) -> T | None:
+        """The entry of ``name``; None if none is registered (a ConfigError when an
+        installed package's entry point for it failed to load: that is why)."""
         if name not in self._entries:
             discover()  # an entry point may bring it
+            why = broken(self.kind, name)
+            if name not in self._entries and why:
+                raise ConfigError(why)
         return self._entries.get(name)

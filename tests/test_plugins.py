@@ -176,6 +176,39 @@ def test_entry_point_of_an_installed_package_is_found_and_listed(tmp_path):
     assert r.stdout.strip() == "rayfed_fedprox", r.stderr  # a lookup loads entry points
 
 
+def test_a_broken_installed_plugin_is_skipped_with_a_warning_and_named_when_asked_for(
+        tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "rayfed-broken"
+        version = "0.1"
+        [project.entry-points."rayfed_bpt.algorithms"]
+        broken_vpt = "broken_mod"
+        [tool.setuptools]
+        py-modules = ["broken_mod"]
+        """))
+    (pkg / "broken_mod.py").write_text("import no_such_dependency_here\n")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--no-index", "--target", str(target), str(pkg)],
+                   check=True, timeout=300, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    r = subprocess.run([sys.executable, "-m", "rayfed_bpt.cli", "list", "algorithms"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "pfedbayespt" in r.stdout  # the built-ins still work
+    assert "the algorithm 'broken_vpt' of rayfed-broken" in r.stderr  # the warning
+    r = subprocess.run([sys.executable, "-c", "from rayfed_bpt.algorithms.registry import "
+                        "lookup; lookup('broken_vpt')"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert "ConfigError: the algorithm 'broken_vpt' of rayfed-broken (entry point " \
+           "rayfed_bpt.algorithms:broken_vpt) cannot be loaded (ModuleNotFoundError" in r.stderr
+
+
 def _module(tmp_path: Path, name: str, body: str) -> str:
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
     if str(tmp_path) not in sys.path:

@@ -27,7 +27,7 @@ from ..config import TrainConfig, from_dict
 from ..data.holdout import carve_val
 from ..errors import ConfigError
 from ..models import PromptedViT, normalize
-from .registry import list_algorithms, lookup
+from .registry import preset_of
 
 State = dict[str, torch.Tensor]
 #: personal-state keys of a client's kept optimizer state (``train.optimizer_state=keep``)
@@ -174,7 +174,7 @@ class Algorithm:
         paired difference between a method and its ablation holds no init noise."""
         if self._init is None:
             own = self._seeded_state(self.opts)
-            _, preset = lookup(self.name) if self.name in list_algorithms() else (None, {})
+            preset = preset_of(self.name)
             if preset:
                 defaults = type(self).Options()
                 full = self._seeded_state(

@@ -37,6 +37,13 @@ def lookup(name: str) -> tuple[type, dict]:
     return found
 
 
+def preset_of(name: str) -> dict:
+    """The options a registered preset fixes ({} for a plain algorithm or an unregistered
+    class)."""
+    found = _REGISTRY.get(name)
+    return found[1] if found else {}
+
+
 def algorithm_options(name: str, options: dict | None) -> dict:
     """The preset merged with ``options``, validated against the algorithm's Options."""
     cls, preset = lookup(name)
