@@ -38,7 +38,7 @@ def test_prepare_partition_show(tmp_path, monkeypatch):
     r = cli(
         "data", "partition", "--partitioner", "domain_mix", "--num-clients", "20", env_root=root
     )
-    part = root / "partitions" / "digits4-domain_mix-da0.5-20c-s0"  # the one folder namer
+    part = root / "partitions" / "digits4-domain_mix-da0.5-20c-s0-6f64fe4c"  # the one namer
     assert str(part) in r.stdout
     manifest = json.loads((part / "manifest.json").read_text())
     assert len(manifest["clients"]) == 20

@@ -173,3 +173,17 @@ def test_more_clients_than_examples():
             C,
             D,
         )
+
+
+def test_recipes_that_differ_anywhere_get_their_own_folders(digits4_path, data_root):
+    """`rayfed-bpt run --set data.min_samples=3` after a default run: its own folder, not
+    "already exists with another config" (the folder name hashes the whole recipe)."""
+    from rayfed_bpt.config import DataConfig
+    from rayfed_bpt.data.recipe import resolve_partition
+
+    base = {"dataset": str(digits4_path), "num_clients": 4}
+    a = resolve_partition(DataConfig(**base), 0)
+    b = resolve_partition(DataConfig(**base, min_samples=3), 0)
+    c = resolve_partition(DataConfig(**base, max_draws=7), 0)
+    assert len({a, b, c}) == 3 and a.name.startswith("digits4-domain_mix-da0.5-4c-s0-")
+    assert resolve_partition(DataConfig(**base), 0) == a  # the same recipe: reused

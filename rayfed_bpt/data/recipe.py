@@ -6,6 +6,8 @@ the partition before Ray starts, and never imports torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from ..config import DataConfig, PartitionConfig
@@ -28,9 +30,14 @@ def resolve_partition(data: DataConfig, seed: int) -> Path:
 
 def partition_folder(dataset: Path, cfg: PartitionConfig) -> Path:
     """The one name of a partition folder made from a recipe: ``rayfed-bpt data
-    partition`` writes it, ``rayfed-bpt run`` reuses it, ``data show`` finds it."""
+    partition`` writes it, ``rayfed-bpt run`` reuses it, ``data show`` finds it. A
+    readable prefix, then a short hash of the whole recipe (every option its partitioner
+    reads, ``min_samples`` and ``max_draws`` included): recipes that differ anywhere never
+    meet in one folder."""
     short = {"domain_alpha": "da", "label_alpha": "la", "k": "k"}
     rec = recipe_record(cfg.recipe(0))
     extra = "".join(f"-{short[k]}{rec[k]}" for k in short if rec.get(k) is not None)
-    name = f"{dataset.stem}-{cfg.partitioner}{extra}-{cfg.num_clients}c-s{rec['seed']}"
+    digest = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:8]
+    name = (f"{dataset.stem}-{cfg.partitioner}{extra}-{cfg.num_clients}c-s{rec['seed']}-"
+            f"{digest}")
     return default_data_root() / "partitions" / name
