@@ -187,3 +187,33 @@ def test_recipes_that_differ_anywhere_get_their_own_folders(digits4_path, data_r
     c = resolve_partition(DataConfig(**base, max_draws=7), 0)
     assert len({a, b, c}) == 3 and a.name.startswith("digits4-domain_mix-da0.5-4c-s0-")
     assert resolve_partition(DataConfig(**base), 0) == a  # the same recipe: reused
+
+
+def test_a_known_partition_is_reused_without_hashing_its_dataset_again(tmp_path, data_root,
+                                                                     digits4_path,
+                                                                     monkeypatch):
+    """Every start resolves the partition: when the manifest says it was made from this very
+    file (same path, size, modification time), the dataset is not read again; a touched
+    file is verified in full."""
+    import os
+    import shutil
+
+    from rayfed_bpt.config import DataConfig
+    from rayfed_bpt.data import dataset as dataset_module
+    from rayfed_bpt.data.recipe import resolve_partition
+
+    copy = tmp_path / "d.arrow"
+    shutil.copy(digits4_path, copy)
+    shutil.copy(digits4_path.with_suffix(".json"), copy.with_suffix(".json"))
+    data = DataConfig(dataset=str(copy), num_clients=3)
+    first = resolve_partition(data, 0)
+
+    def no_hashing(path, *a, **k):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(dataset_module, "sha256_file", no_hashing)
+    assert resolve_partition(data, 0) == first
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: verify in full
+    with pytest.raises(AssertionError, match="hashed again"):
+        resolve_partition(data, 0)

@@ -95,7 +95,8 @@ def write_partition(
             )
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "dataset": {"path": str(dataset.path), "sha256": dataset.sha256, **info.to_json()},
+            "dataset": {"path": str(dataset.path), "sha256": dataset.sha256,
+                        **file_stamp(dataset.path), **info.to_json()},
             "partition": recipe_record(cfg),
             "num_clients": cfg.num_clients,
             "clients": clients,
@@ -120,6 +121,29 @@ def write_partition(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return out_dir
+
+
+def file_stamp(path: str | os.PathLike) -> dict[str, int]:
+    """A file's size and modification time: what says, without reading it, that it is
+    the file a manifest was made from."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def made_from(out_dir: Path, dataset_path: Path, cfg: PartitionConfig) -> bool:
+    """``out_dir`` holds this recipe's partition of the dataset at ``dataset_path``, and
+    that file is untouched since (same size and modification time as the manifest
+    recorded): a run that starts again need not hash the whole dataset to know it."""
+    try:
+        m = json.loads((out_dir / MANIFEST).read_text())
+        recorded = m.get("dataset", {})
+        return (m.get("schema_version") == SCHEMA_VERSION
+                and m.get("partition") == recipe_record(cfg.recipe(0))
+                and recorded.get("path") == str(dataset_path)
+                and {k: recorded.get(k) for k in ("size", "mtime_ns")} == file_stamp(dataset_path)
+                and all((out_dir / c["file"]).exists() for c in m.get("clients", [])))
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError):
+        return False
 
 
 def _same_recipe(out_dir: Path, dataset: Dataset, cfg: PartitionConfig) -> bool:
