@@ -1,10 +1,9 @@
 """The Python API: what the ``rayfed-bpt`` command does, as functions.
 
-    from rayfed_bpt import api
-
-    cfg = api.config(overrides={"algorithm.name": "fedavg_vpt", "train.rounds": 3})
-    result = api.run(cfg)                    # on Ray: actors, run folder, MLflow
-    result.history[-1]["acc_mean"], result.run_dir, result.mlflow_run_id
+    >>> from rayfed_bpt import api
+    >>> cfg = api.config(overrides={"algorithm.name": "fedavg_vpt", "train.rounds": 3})
+    >>> result = api.run(cfg)                # on Ray: actors, run folder, MLflow
+    >>> result.final["acc_mean"], result.run_dir, result.mlflow_run_id
 
 Importing this module starts neither Ray nor torch (each function imports what it
 needs when called), so a script or a notebook can build and check configs cheaply.

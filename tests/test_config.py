@@ -74,7 +74,8 @@ def test_each_default_is_written_once_and_cli_and_docs_agree():
     import dataclasses
     from pathlib import Path
 
-    from rayfed_bpt.cli import _COMMANDS, build_parser
+    import rayfed_bpt.cli  # noqa: F401 - registers the commands
+    from rayfed_bpt.cli_parser import _COMMANDS, build_parser
     from rayfed_bpt.config import (
         BackboneConfig,
         ExperimentConfig,
