@@ -67,13 +67,15 @@ def import_plugins(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
+            if e.name and (name == e.name or name.startswith(e.name + ".")):
                 raise ConfigError(
                     f"plugin module {name!r} cannot be imported here ({e}). Install its "
                     "package (pip install -e PATH), put its folder on PYTHONPATH or run "
                     "from that folder; on a cluster ship it with `ray job submit "
                     "--working-dir` or runtime_env py_modules.") from None
-            raise
+            raise ConfigError(f"plugin module {name!r} needs {e.name!r}, which is not "
+                              f"installed here ({e}): install it (and on a cluster, add it "
+                              "to the job's runtime_env pip).") from None
 
 
 def discover() -> None:

@@ -289,6 +289,10 @@ def test_bad_plugin_input_is_a_clear_message_before_ray(tmp_path):
     assert not any(tmp_path.iterdir())  # no run folder, no MLflow store
     with pytest.raises(ConfigError, match="not a module name"):
         load_config(None, ["plugins=[examples/fedprox_plugin/rayfed_fedprox.py]"])
+    dep = _module(tmp_path, "needs_a_dependency", "import not_installed_anywhere_dep\n")
+    with pytest.raises(ConfigError, match="'needs_a_dependency' needs "
+                                          "'not_installed_anywhere_dep', which is not installed"):
+        load_config(None, [f"plugins=[{dep}]"])
     from rayfed_bpt.experiments.suite import paper_suite
 
     with pytest.raises(ConfigError, match="--add-method .*'nope'.*not a registered"):
