@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rayfed_bpt.algorithms import list_algorithms
+from rayfed_bpt.catalog import list_algorithms
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import run_reference
 

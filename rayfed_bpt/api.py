@@ -139,13 +139,15 @@ def read_partition(path: str | Path):
 
 
 def registered(kind: str, plugins: Sequence[str] = ()) -> dict[str, str]:
-    """Every registered algorithm, partitioner or importer (``kind``), name -> where it
-    came from ("built-in", a module, or a package's entry point)."""
+    """Every registered algorithm, partitioner, importer or client pool (``kind``),
+    name -> where it came from ("built-in", a module, or a package's entry point)."""
     if kind not in KINDS:
         raise ConfigError(f"kind {kind!r}; allowed: {list(KINDS)}")
     import_plugins(plugins)
     if kind == "algorithms":
-        from .algorithms import list_algorithms as names
+        from .catalog import list_algorithms as names
+    elif kind == "pools":
+        from .catalog import pool_names as names
     elif kind == "partitioners":
         from .data import partitioner_names as names
     else:

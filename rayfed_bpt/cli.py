@@ -169,8 +169,9 @@ def cmd_size_actors(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.set, args.imports)
     r = measure_actor(cfg, device=args.device)
-    print(f"one client actor ({cfg.algorithm.name}, batch {cfg.train.batch_size}, client "
-          f"{r['client']} with {r['num_train']} examples) on {r['device']}: process memory "
+    print(f"one client actor ({cfg.algorithm.name}, batch {cfg.train.batch_size}, a work "
+          f"unit of {r['group_size']} client(s), the largest client {r['client']} with "
+          f"{r['num_train']} examples) on {r['device']}: process memory "
           f"{r['rss_bytes'] / 2**30:.2f} GiB, one local update + evaluation "
           f"{r['local_update_and_eval_seconds']:.1f}s")
     if "cuda_peak_bytes" in r:
@@ -306,10 +307,11 @@ def cmd_backbone_probe(args: argparse.Namespace) -> None:
 
 
 @command("list", help="what is registered by name, and where it came from",
-         description="List the registered algorithms, partitioners or data importers: "
+         description="List the registered algorithms, partitioners, data importers or "
+         "client pools (runtime.pool): "
          "the built-ins, those of installed packages' entry points, and those of --import "
          "modules, each with where it came from.")
-@arg("kind", choices=["algorithms", "partitioners", "importers"])
+@arg("kind", choices=["algorithms", "partitioners", "importers", "pools"])
 @with_args(import_arg)
 def cmd_list(args: argparse.Namespace) -> None:
     from .api import registered

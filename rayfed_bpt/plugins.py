@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 
 from .errors import ConfigError
 
-KINDS = ("algorithms", "partitioners", "importers")
+KINDS = ("algorithms", "partitioners", "importers", "pools")
 #: entry-point group of each kind, e.g. [project.entry-points."rayfed_bpt.algorithms"]
 GROUPS = {kind: f"rayfed_bpt.{kind}" for kind in KINDS}
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

@@ -53,5 +53,6 @@ def test_size_actors_measures_one_client_actor(digits4, tmp_path):
     r = cli("size-actors", "--set", f"data.partition_dir={part}", "data.max_train_per_client=40",
             "data.max_test_per_client=20", "algorithm.options.prompt_len=2")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "one client actor (pfedbayespt, batch 32" in r.stdout and "GiB" in r.stdout
+    assert "one client actor (pfedbayespt, batch 32, a work unit of 1 client(s)" in r.stdout
+    assert "GiB" in r.stdout
     assert "no GPU here" in r.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import ray
 
+from rayfed_bpt.catalog import pool_names
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import run_reference
 from rayfed_bpt.runtime import run_experiment
@@ -32,9 +33,21 @@ def assert_same(a, b):
     assert strip(a) == strip(b)
 
 
+@pytest.mark.parametrize("pool", pool_names())
+def test_every_pool_equals_reference(pool, part4, tmp_path, local_ray):
+    """Every registered client pool, chosen by name, gives the in-process reference's
+    numbers (ray_actors: dynamic scheduling, any of 3 actors takes any client)."""
+    cfg = cfg_for(part4, tmp_path, f"runtime.pool={pool}", "runtime.num_actors=3",
+                  "runtime.cpus_per_actor=0.5", "train.clients_per_round=3")
+    summary = run_experiment(cfg, show_progress=False, log=None)
+    trained = [k for a in summary["actors"] for k in a["clients"]]
+    assert len(summary["actors"]) == (3 if pool == "ray_actors" else 1)
+    assert set(trained) <= {0, 1, 2, 3} and len(set(trained)) >= 3
+    assert_same(summary["history"], run_reference(cfg, log=None))
+
+
 @pytest.mark.parametrize("num_actors, extra", [
     pytest.param(1, [], marks=pytest.mark.slow),
-    (3, []),  # dynamic scheduling: any actor takes any client
     (2, ["runtime.schedule=pinned", "runtime.group_size=2"]),  # pinned; batched pairs
 ])
 def test_ray_equals_reference(num_actors, extra, part4, tmp_path, local_ray):

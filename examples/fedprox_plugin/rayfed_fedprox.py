@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from rayfed_bpt.algorithms import register_algorithm
-from rayfed_bpt.algorithms.base import check_options
 from rayfed_bpt.algorithms.fedavg_vpt import FedAvgVPT
+from rayfed_bpt.knobs import knob
 
 
 def proximal_term(module: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
@@ -33,11 +33,7 @@ class FedProxVPT(FedAvgVPT):
 
     @dataclass
     class Options(FedAvgVPT.Options):
-        mu: float = 0.1  # weight of the proximal term; 0: FedAvg-VPT
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        check_options(self.opts, mu=(0.0, 1e4))
+        mu: float = knob(0.1, "weight of the proximal term; 0: FedAvg-VPT", bounds="[0, 1e4]")
 
     def before_training(self, module: nn.Module, data) -> None:
         # a client's module starts as the global state: keep a copy, without gradient

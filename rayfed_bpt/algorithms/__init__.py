@@ -1,23 +1,15 @@
 """Federated algorithms behind one interface (``Algorithm``), by name.
 
-Pure PyTorch: no Ray. ``create_algorithm(name, ...)`` is the one factory;
-each algorithm registers itself (and its ablation presets) in its own file.
+Pure PyTorch: no Ray. ``create_algorithm(name, ...)`` is the one factory. Names,
+options and presets are declared torch-free in ``rayfed_bpt.catalog`` (plugins
+register their classes with ``register_algorithm``); a built-in's module is imported
+when its class is first needed.
 """
 
 from __future__ import annotations
 
-# importing a module registers the algorithms it defines
-from . import (  # noqa: F401
-    domain_oracle,
-    fedavg_linear,
-    fedavg_vpt,
-    fedper_vpt,
-    fedrep_vpt,
-    local,
-    pfedbayespt,
-    pfedpg,
-)
-from .base import Algorithm, ClientData, ClientResult, ClientTask, seed_for
+from .base import Algorithm
+from .client import ClientData, ClientResult, ClientTask, seed_for
 from .registry import algorithm_options, list_algorithms, lookup, register_algorithm
 
 

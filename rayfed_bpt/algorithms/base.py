@@ -1,11 +1,12 @@
-"""The one small interface every algorithm implements, and the data it sees.
+"""The one small interface every algorithm implements.
 
 An algorithm says what a client trains and sends (``local_update``), how the
 server aggregates (``aggregate``), what stays personal (``personal_prefixes``)
 and how a client predicts (``predict``). States are plain ``dict[str, Tensor]``
 on the CPU, so any runtime (a loop here, Ray actors in ``rayfed_bpt.runtime``)
 can move them. ``local_update`` takes a *group* of clients, so a runtime can
-later batch several clients' steps into one pass without changing callers.
+batch several clients' steps into one pass without changing callers. The data it
+sees is in ``client.py``, a client's kept optimizer state in ``optim_state.py``.
 
 All randomness comes from ``torch.Generator`` objects seeded by
 ``seed_for(seed, round, client)``: results do not depend on which process or
@@ -14,114 +15,22 @@ in which order clients are trained.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..catalog import NoOptions, preset_of
 from ..config import TrainConfig, from_dict
-from ..data.holdout import carve_val
-from ..errors import ConfigError
-from ..models import PromptedViT, normalize
-from .registry import preset_of
+from ..models import PromptedViT
+from .client import ClientData, ClientResult, ClientTask, Phase, State, make_generator, seed_for
+from .optim_state import OPTIM, load_optimizer, save_optimizer
 
-State = dict[str, torch.Tensor]
-#: personal-state keys of a client's kept optimizer state (``train.optimizer_state=keep``)
-OPTIM = "optim."
-
-
-def seed_for(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (ints, strings): same parts, same seed."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def make_generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_for(*parts))
-
-
-@dataclass
-class ClientData:
-    """One client's examples: uint8 image views (memory-mapped) plus cached features."""
-
-    client_id: int
-    images: dict[str, np.ndarray]
-    labels: dict[str, torch.Tensor]
-    domains: dict[str, np.ndarray]
-    cache: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def num(self, split: str) -> int:
-        return len(self.labels[split])
-
-    @classmethod
-    def from_shard(
-        cls, shard, max_train: int | None = None, max_test: int | None = None, seed: int = 0,
-        val_fraction: float = 0.0,
-    ) -> ClientData:
-        """A client's splits from its shard. With ``val_fraction`` a "val" split is carved
-        from the train rows first (``carve_val``, seeded by run seed and client), then the
-        caps apply: ``max_train`` to what train keeps, ``max_test`` to val and test."""
-        rows: dict[str, tuple[str, np.ndarray | None, int | None]] = {
-            "train": ("train", None, max_train), "test": ("test", None, max_test)}
-        if val_fraction > 0:
-            keep, val = carve_val(shard.labels("train"), val_fraction,
-                                  seed_for(seed, "val", shard.client_id))
-            rows["train"] = ("train", keep, max_train)
-            rows["val"] = ("train", val, max_test)
-        images, labels, domains = {}, {}, {}
-        for split, (part, idx, cap) in rows.items():
-            x, y, d = shard.images(part), shard.labels(part), shard.domains(part)
-            n = len(y) if idx is None else len(idx)
-            if cap is not None and n > cap:
-                rng = np.random.default_rng(seed_for(seed, "subsample", shard.client_id, split))
-                pick = np.sort(rng.choice(n, cap, replace=False))
-                idx = pick if idx is None else idx[pick]
-            if idx is not None:
-                x, y, d = x[idx], y[idx], d[idx]
-            images[split] = x
-            labels[split] = torch.as_tensor(np.asarray(y, np.int64))
-            domains[split] = np.asarray(d)
-        return cls(shard.client_id, images, labels, domains)
-
-    def x(self, split: str, idx, backbone: PromptedViT) -> torch.Tensor:
-        """Normalized float images for ``idx`` (made per batch: the uint8 view stays shared)."""
-        return normalize(self.images[split][np.asarray(idx)], backbone.vit).to(backbone.device)
-
-    def y(self, split: str, idx) -> torch.Tensor:
-        return self.labels[split][idx]
-
-
-@dataclass
-class Phase:
-    """Part of a client's local training: these params, this many epochs; its metrics
-    get ``prefix``."""
-
-    params: list[nn.Parameter]
-    epochs: int
-    prefix: str = ""
-
-
-@dataclass
-class ClientTask:
-    """What a client needs for one local update."""
-
-    client_id: int
-    data: ClientData
-    personal: State
-    round: int
-
-
-@dataclass
-class ClientResult:
-    client_id: int
-    num_samples: int
-    update: State  # what travels to the server
-    personal: State  # what stays with the client
-    metrics: dict[str, float]
+__all__ = ["OPTIM", "Algorithm", "ClientData", "ClientResult", "ClientTask", "Phase", "State",
+           "make_generator", "seed_for"]
 
 
 class Algorithm:
@@ -129,9 +38,7 @@ class Algorithm:
 
     name: ClassVar[str] = ""
 
-    @dataclass
-    class Options:
-        pass
+    Options: ClassVar[type] = NoOptions  # a dataclass of knobs (rayfed_bpt.catalog)
 
     #: parameter-name prefixes that stay with the client ("" = everything)
     personal_prefixes: ClassVar[tuple[str, ...]] = ()
@@ -148,7 +55,7 @@ class Algorithm:
         self.backbone = backbone
         self.num_classes = num_classes
         self.train_cfg = train
-        self.opts = from_dict(self.Options, options or {}, f"algorithm.options ({self.name})")
+        self.opts = from_dict(self.Options, options or {}, "algorithm.options")
         self.seed = seed
         self.num_clients = num_clients
         self._init: State | None = None
@@ -382,25 +289,6 @@ class Algorithm:
         return torch.randn(shape, generator=gen).to(self.device)
 
 
-def save_optimizer(opt: torch.optim.Optimizer, key: str) -> State:
-    """An optimizer's per-parameter state as flat tensors ``<key><param index>.<field>``
-    (plain tensors: they checkpoint and cross Ray like weights; no pickling)."""
-    return {f"{key}{i}.{f}": torch.as_tensor(v).detach().cpu().clone()
-            for i, st in opt.state_dict()["state"].items() for f, v in st.items()}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, flat: State, key: str) -> None:
-    """Restore what ``save_optimizer`` wrote under ``key`` (nothing there: a fresh start).
-    Hyperparameters stay the current config's."""
-    state: dict[int, dict] = {}
-    for k, v in flat.items():
-        if k.startswith(key):
-            i, f = k[len(key):].split(".", 1)
-            state.setdefault(int(i), {})[f] = v
-    if state:
-        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-
-
 def _overlay(own: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
     """``own`` with the full method's initial values wherever the two overlap."""
     if full is None or full.dim() != own.dim():
@@ -436,13 +324,3 @@ def trainable_only(modules: list[nn.Module], params: list[list[nn.Parameter]]):
     finally:
         for p, r in saved:
             p.requires_grad_(r)
-
-
-def check_options(opts: object, **ranges: tuple[float, float]) -> None:
-    """Raise a ConfigError naming the option when a value is outside [lo, hi]."""
-    for f in fields(opts):
-        if f.name in ranges and getattr(opts, f.name) is not None:
-            lo, hi = ranges[f.name]
-            v = getattr(opts, f.name)
-            if not lo <= v <= hi:
-                raise ConfigError(f"algorithm option {f.name}={v} must lie in [{lo}, {hi}]")

@@ -9,14 +9,12 @@ under a point cannot show an instance-wise method winning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from ..catalog import DomainOracleOptions
 from .base import ClientData
 from .fedavg_vpt import FedAvgVPT
-from .registry import register_algorithm
 
 
 class DomainPromptModule(nn.Module):
@@ -29,13 +27,10 @@ class DomainPromptModule(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
 
-@register_algorithm()
 class DomainOracleVPT(FedAvgVPT):
     name = "oracle_domain_vpt"
 
-    @dataclass
-    class Options(FedAvgVPT.Options):
-        max_domains: int = 16  # prompts kept; domain ids must be below it
+    Options = DomainOracleOptions
 
     def build_module(self) -> nn.Module:
         return DomainPromptModule(self.opts.max_domains, self.prompt_shape,

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Algorithm, ClientData
-from .registry import register_algorithm
 
 
 class HeadModule(nn.Module):
@@ -16,7 +15,6 @@ class HeadModule(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
 
-@register_algorithm()
 class FedAvgLinear(Algorithm):
     name = "fedavg_linear"
 

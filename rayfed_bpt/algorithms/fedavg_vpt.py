@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Algorithm, ClientData, check_options
-from .registry import register_algorithm
+from ..catalog import VPTOptions
+from .base import Algorithm, ClientData
 
 
 class VPTModule(nn.Module):
@@ -21,18 +19,9 @@ class VPTModule(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
 
-@register_algorithm()
 class FedAvgVPT(Algorithm):
     name = "fedavg_vpt"
-
-    @dataclass
-    class Options:
-        prompt_len: int = 8
-        deep: bool = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        check_options(self.opts, prompt_len=(0, 512))
+    Options = VPTOptions
 
     @property
     def prompt_shape(self) -> tuple[int, ...]:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..catalog import FedRepOptions
 from .base import Phase
 from .fedavg_vpt import FedAvgVPT
-from .registry import register_algorithm
 
 
-@register_algorithm()
 class FedRepVPT(FedAvgVPT):
     name = "fedrep_vpt"
     personal_prefixes = ("head.",)
 
-    @dataclass
-    class Options(FedAvgVPT.Options):
-        head_epochs: int = 1
+    Options = FedRepOptions
 
     def phases(self, module):
         return [Phase(list(module.head.parameters()), self.opts.head_epochs, "head_"),

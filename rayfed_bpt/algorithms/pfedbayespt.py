@@ -20,16 +20,14 @@ a noisy deterministic generator: both are registered ablations.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..catalog import BayesPTOptions
 from ..models.generator import ImplicitPromptGenerator, SigmaHead
 from ..models.sivi import reparameterize, sivi_diagnostics, sivi_loss
-from .base import Algorithm, ClientData, check_options
-from .registry import register_algorithm
+from .base import Algorithm, ClientData
 
 
 class BayesPromptModule(nn.Module):
@@ -60,61 +58,13 @@ class BayesPromptModule(nn.Module):
         return self.decoder(z) if hasattr(self, "decoder") else z
 
 
-@register_algorithm("pfedbayespt_beta0", beta=0.0)  # ablation: no KL term
-@register_algorithm("gaussian_vi", d_eps=0)  # ablation: no implicit mixing
-@register_algorithm()
 class PFedBayesPT(Algorithm):
     name = "pfedbayespt"
-
-    @dataclass
-    class Options:
-        prompt_len: int = 8  # L
-        deep: bool = False  # a prompt per block (deep VPT)
-        d_eps: int = 16  # mixing-noise dimension; 0 = Gaussian VI
-        noise: str = "bernoulli"  # bernoulli | gaussian
-        noise_scale: float = 1.0  # std of Gaussian mixing noise
-        hidden: int = 256
-        rank: int | None = None  # low-rank generator output hidden -> r -> L*D
-        # the posterior over a d_z-dim code z decoded linearly to the L*D prompt: in few
-        # dimensions J draws give real entropy credit (None: over the prompt itself)
-        code_dim: int | None = None
-        sigma: str = "feature"  # feature (noise-free head of e(x)) | global
-        init_logvar: float = -4.0
-        J: int = 4  # extra psi draws in the bound
-        beta: float = 1e-3  # KL weight
-        kl_per_dim: bool = True  # divide the KL estimate by L*D
-        beta_warmup_rounds: int = 0  # linear warm-up of beta over rounds
-        prior: str = "standard"  # standard N(0, I) | learnable (centred on a global prompt)
-        head: str = "shared"  # shared | local (FedPer-style)
-        eval_samples: int = 8  # S
-        eval_mode: str = "mc"  # mc (average S samples) | mean (noise-free mean prompt)
+    Options = BayesPTOptions  # with its ablations gaussian_vi and pfedbayespt_beta0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.opts
-        check_options(
-            o,
-            prompt_len=(1, 512),
-            d_eps=(0, 4096),
-            J=(0, 1024),
-            beta=(0.0, 1e6),
-            noise_scale=(0.0, 1e3),
-            eval_samples=(1, 1024),
-            beta_warmup_rounds=(0, 10**6),
-        )
-        if o.code_dim is not None and not 1 <= o.code_dim <= 4096:
-            raise ConfigError(f"algorithm option code_dim={o.code_dim} must lie in [1, 4096]")
-        for key, allowed in (
-            ("noise", ("bernoulli", "gaussian")),
-            ("sigma", ("feature", "global")),
-            ("prior", ("standard", "learnable")),
-            ("head", ("shared", "local")),
-            ("eval_mode", ("mc", "mean")),
-        ):
-            if getattr(o, key) not in allowed:
-                raise ConfigError(
-                    f"algorithm option {key}={getattr(o, key)!r}; allowed: {list(allowed)}"
-                )
         self.personal_prefixes = ("head.",) if o.head == "local" else ()
 
     @property

@@ -9,14 +9,12 @@ gradient steps on ``sum_k w_k ||G(d_k) - p_k||^2``, updating ``G`` and ``d_k``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .base import Phase, check_options
+from ..catalog import PFedPGOptions
+from .base import Phase
 from .fedavg_vpt import FedAvgVPT
-from .registry import register_algorithm
 
 
 class PGModule(nn.Module):
@@ -43,21 +41,11 @@ class PGModule(nn.Module):
         return self.generator(self.descriptors[client_id]).view(self.prompt_shape)
 
 
-@register_algorithm()
 class PFedPG(FedAvgVPT):
     name = "pfedpg"
     personal_prefixes = ("prompt",)
 
-    @dataclass
-    class Options(FedAvgVPT.Options):
-        descriptor_dim: int = 32
-        hidden: int = 256
-        server_lr: float = 0.005
-        server_steps: int = 20
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        check_options(self.opts, server_lr=(0.0, 100.0), server_steps=(0, 10_000))
+    Options = PFedPGOptions
 
     def build_module(self) -> nn.Module:
         return PGModule(

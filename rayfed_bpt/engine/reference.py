@@ -23,8 +23,7 @@ from ..errors import ConfigError, RayfedError
 from ..plugins import import_plugins
 from .checkpoint import load_checkpoint
 from .loop import Engine, evaluated
-from .pool import ClientHost, InProcessPool
-from .schedule import train_sizes
+from .pool import PoolContext, make_pool
 from .setup import torch_threads
 from .state import RoundListener, RunState
 
@@ -34,9 +33,9 @@ def local_engine(cfg: ExperimentConfig, listeners: Sequence[RoundListener] = ())
     import_plugins(cfg.plugins)  # a config from a Ray task: its partitioner may be a plugin
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
     cfg.train.check_population(reader.num_clients)
-    host = ClientHost(cfg, str(reader.root), reader=reader)
-    pool = InProcessPool(host, train_sizes(reader, cfg))
-    return Engine(cfg, host.alg, pool, reader.client_ids, reader.info.domain_names, listeners)
+    pool = make_pool(PoolContext(cfg, reader), "in_process")
+    return Engine(cfg, pool.host.alg, pool, reader.client_ids, reader.info.domain_names,
+                  listeners)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The paper suite: which runs answer METHOD.md's questions, as data.
+"""The paper suite: which runs answer docs/method.md's questions, as data.
 
 A suite is three stages. **Tune**: each method's learning rate, chosen on each
 client's validation split (carved from its train examples; the test split is not
@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ..algorithms import list_algorithms
+from ..catalog import list_algorithms
 from ..config import ExperimentConfig, load_config
 from ..errors import ConfigError
 from ..plugins import import_plugins
@@ -254,7 +254,7 @@ def _studies(quick: bool) -> tuple[Study, ...]:
     )
 
 
-#: the identifiable Bayesian layer (METHOD.md's three options): a 16-dim code decoded to
+#: the identifiable Bayesian layer (docs/method.md's three options): a 16-dim code decoded to
 #: the prompt, the KL at the per-example ELBO's scale with a warm-up, and the learnable
 #: prior centred on a shared global code
 CODE16 = ("algorithm.options.code_dim=16", "algorithm.options.beta=1.0",

@@ -1,4 +1,4 @@
-"""The Ray client pool: N client actors, work units handed to whichever actor is free.
+"""The pool ``ray_actors``: N client actors, work units handed to whichever actor is free.
 
 A round's sampled clients become work units (a client, or on a GPU a group of
 clients trained as one batched pass), largest first; each goes to the next
@@ -7,11 +7,14 @@ free actor, so with unequal client sizes no actor waits on a busier one
 store once per call; personal state travels with its unit. An actor that dies
 takes only its unit with it: a new actor takes its place and the unit is
 given out again, so the round's results do not change. Every wait is bounded
-by ``runtime.round_timeout_s``.
+by ``runtime.round_timeout_s``. The pool plans its actors from the cluster's
+resources (or a Tune trial's reserved bundles), reserves their placement group and
+releases both when it closes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -19,42 +22,48 @@ from collections.abc import Callable, Sequence
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from ..config import ExperimentConfig
+from ..engine.pool import PoolContext
 from ..engine.schedule import eval_chunks, resolve_group_size, train_chunks
 from ..errors import RayfedError
 from .client_actor import ClientActor
-from .resources import ActorPlan, actor_options
+from .resources import actor_options, make_placement_group, plan_actors
 
 ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
 STARTUP_TIMEOUT_S = 600.0
 
 
 class RayActorPool:
-    def __init__(self, cfg: ExperimentConfig, partition_dir: str, sizes: dict[int, int],
-                 plan: ActorPlan, placement_group, bundle_offset: int = 0,
-                 run_dir: str | None = None):
-        self.cfg = cfg
-        self.partition_dir = partition_dir
-        self.sizes = sizes
-        self.plan = plan
-        self.pg = placement_group
-        self.bundle_offset = bundle_offset
-        self.run_dir = run_dir
-        self.actors = [self._new_actor(i) for i in range(plan.num_actors)]
+    def __init__(self, ctx: PoolContext):
+        self.cfg = cfg = ctx.cfg
+        self.partition_dir = ctx.partition_dir
+        self.sizes = ctx.sizes
+        self.run_dir = ctx.run_dir
+        self.pg, self.own_pg = ctx.placement_group, ctx.placement_group is None
+        self.bundle_offset = ctx.bundle_offset
+        resources = ray.cluster_resources()
+        if not self.own_pg:  # a trial's reserved bundles (Tune): plan within them
+            bundles = self.pg.bundle_specs[self.bundle_offset:]
+            resources = {r: sum(b.get(r, 0) for b in bundles) for r in ("CPU", "GPU")}
+        self.plan = plan_actors(cfg.runtime, ctx.reader.num_clients, resources)
+        if self.own_pg:
+            name = "rayfed-bpt-" + hashlib.sha1(str(ctx.run_dir).encode()).hexdigest()[:16]
+            self.pg = make_placement_group(self.plan, cfg.runtime.placement_strategy,
+                                           STARTUP_TIMEOUT_S, name)
+        # actors given a GPU share run on cuda: the group size follows, decided once here
+        self.group_size = resolve_group_size(cfg.runtime.group_size, self.plan.num_gpus > 0)
+        self.actors = [self._new_actor(i) for i in range(self.plan.num_actors)]
         self.replaced = 0
-        # actors given a GPU share run on cuda; the group size follows the device
-        self.group_size = resolve_group_size(cfg.runtime.group_size, plan.num_gpus > 0)
 
     def _new_actor(self, i: int):
         opts = actor_options(self.plan, self.pg, self.bundle_offset + i)
         return ray.remote(ClientActor).options(**opts).remote(
-            self.cfg, self.partition_dir, i, self.plan.threads,
+            self.cfg, self.partition_dir, i, self.plan.threads, self.group_size,
             self.plan.gpu_memory_fraction, self.run_dir)
 
-    def wait_ready(self) -> list[dict]:
-        """Block until every actor has loaded its backbone; their placement."""
+    def start(self) -> None:
+        """Block until every actor has loaded its backbone."""
         try:
-            return ray.get([a.info.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+            ray.get([a.info.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as e:
             raise RayfedError(f"client actors did not start within {STARTUP_TIMEOUT_S:.0f}s "
                               f"(each asks for {self.plan.bundle()}); the cluster has "
@@ -62,11 +71,12 @@ class RayActorPool:
         except RayTaskError as e:
             raise RayfedError(f"a client actor failed to start: {e.cause}") from e
 
-    def infos(self) -> list[dict]:
-        return ray.get([a.info.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
-
-    def memory(self) -> list[dict]:
-        return ray.get([a.memory.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+    def stats(self) -> dict:
+        return {"workers": ray.get([a.info.remote() for a in self.actors],
+                                   timeout=STARTUP_TIMEOUT_S),
+                "memory": ray.get([a.memory.remote() for a in self.actors],
+                                  timeout=STARTUP_TIMEOUT_S),
+                "replaced": self.replaced}
 
     # ----- the pool protocol ---------------------------------------------------------------
     def train(self, global_state: dict, personal: dict[int, dict], round: int) -> list:
@@ -88,9 +98,13 @@ class RayActorPool:
         return [x for out in outs for x in out]
 
     def close(self) -> None:
+        """The actors go, and the placement group this pool reserved."""
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.actors = []
+        if self.own_pg and self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
+            self.pg = None
 
     def _units(self, ids: list[int], cut: Callable) -> list[list[int]]:
         """Work units; pinned: cut per owner, so that a unit's clients share their actor."""

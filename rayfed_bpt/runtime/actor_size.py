@@ -2,9 +2,10 @@
 
 Ray's fractional GPUs only schedule: four actors at 0.25 each still crash
 with out-of-memory if each needs more than a quarter of the card. This
-measures one client actor's real footprint — backbone, algorithm, one
-client's local epoch and evaluation at the configured batch size — and turns
-it into ``runtime.gpus_per_actor`` with a safety margin.
+measures one client actor's real footprint — backbone, algorithm, one local
+epoch of a work unit (``runtime.group_size`` clients, the largest, trained as one
+batched pass, as the actor would) and their evaluation at the configured batch
+size — and turns it into ``runtime.gpus_per_actor`` with a safety margin.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..algorithms.base import ClientTask
 from ..config import ExperimentConfig
 from ..data import PartitionReader
 from ..data.recipe import resolve_partition
+from ..engine.schedule import resolve_group_size
 from ..engine.setup import load_backbone, load_clients, make_algorithm
 from .resources import process_rss
 
@@ -29,13 +31,17 @@ def measure_actor(cfg: ExperimentConfig, device: str | None = None, margin: floa
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     alg = make_algorithm(cfg, load_backbone(cfg).to(device), reader)
-    k = max(reader.client_ids, key=lambda c: reader.entry(c)["num_train"])  # the largest
-    data = load_clients(reader, [k], cfg)[k]
+    group = resolve_group_size(cfg.runtime.group_size, device == "cuda")
+    largest = sorted(reader.client_ids, key=lambda c: -reader.entry(c)["num_train"])[:group]
+    datas = load_clients(reader, largest, cfg)
     t = time.perf_counter()
-    [res] = alg.local_update(alg.init_global(), [ClientTask(k, data, alg.init_personal(k), 0)])
-    alg.predict_client(alg.init_global(), res.personal, data, "test", 0)
+    results = alg.local_update(alg.init_global(), [
+        ClientTask(k, datas[k], alg.init_personal(k), 0) for k in largest])
+    for res in results:
+        alg.predict_client(alg.init_global(), res.personal, datas[res.client_id], "test", 0)
     seconds = time.perf_counter() - t
-    out = {"device": device, "client": k, "num_train": data.num("train"),
+    out = {"device": device, "client": largest[0], "group_size": len(largest),
+           "num_train": datas[largest[0]].num("train"),
            "local_update_and_eval_seconds": seconds, "rss_bytes": process_rss(),
            "rss_growth_bytes": process_rss() - rss0}
     if device == "cuda":

@@ -8,8 +8,6 @@ actor can take any client and a replaced actor loses nothing.
 
 from __future__ import annotations
 
-import os
-
 import ray
 
 from ..config import ExperimentConfig
@@ -19,12 +17,13 @@ from .resources import process_rss
 
 class ClientActor:
     def __init__(self, cfg: ExperimentConfig, partition_dir: str, index: int, threads: int,
-                 gpu_memory_fraction: float | None, run_dir: str | None = None):
+                 group_size: int, gpu_memory_fraction: float | None,
+                 run_dir: str | None = None):
         # torch is imported here, not with the module: the driver creates client actors
         # before it loads torch itself, so their start-up and its own overlap
         import torch
 
-        from ..engine.pool import ClientHost
+        from ..engine.host import ClientHost
 
         torch.set_num_threads(threads)
         self.index = index
@@ -38,24 +37,13 @@ class ClientActor:
             # Ray's fractional GPUs only schedule; this caps what torch may allocate.
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
         self.rss_start = process_rss()
-        self.host = ClientHost(self.cfg, partition_dir, device=str(self.device))
-        self.trained: set[int] = set()
+        self.host = ClientHost(self.cfg, partition_dir, group_size, device=str(self.device))
 
     def info(self) -> dict:
-        import torch
-
         node = ray.get_runtime_context().get_node_id()
-        return {"index": self.index, "pid": os.getpid(), "node_id": node,
-                "gpu_ids": self.gpu_ids, "device": str(self.device),
-                "threads": torch.get_num_threads(), "group_size": self.host.group_size,
-                "clients": sorted(self.trained)}
+        return {**self.host.info(self.index), "node_id": node, "gpu_ids": self.gpu_ids}
 
     def memory(self) -> dict:
-        """What hosting clients costs: process RSS, and per open client the bytes of
-        its tensors (labels, cached features) beyond the memory-mapped images."""
-        per_client = [sum(t.numel() * t.element_size()
-                          for t in [*d.labels.values(), *d.cache.values()])
-                      for d in self.host.opened()]
         import torch
 
         cuda = {}
@@ -63,14 +51,11 @@ class ClientActor:
             cuda = {"cuda_max_allocated": torch.cuda.max_memory_allocated(),
                     "cuda_total": torch.cuda.get_device_properties(self.device).total_memory,
                     "cuda_memory_fraction": self.gpu_memory_fraction}
-        return {**cuda, "rss": process_rss(), "rss_start": self.rss_start,
-                "open_clients": len(per_client), "client_bytes_max": max(per_client, default=0),
-                "client_bytes_mean": sum(per_client) / max(1, len(per_client))}
+        return {**cuda, **self.host.memory(), "rss_start": self.rss_start}
 
     def train(self, global_state: dict, personal: dict[int, dict], round: int) -> list:
         if faults.due(self.cfg.runtime.faults, self.run_dir, "actor_exit", round + 1):
             faults.exit_now()
-        self.trained.update(personal)
         return self.host.train(global_state, personal, round)
 
     def evaluate(self, global_state: dict, personal: dict[int, dict], round: int,

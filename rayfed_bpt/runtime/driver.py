@@ -13,22 +13,18 @@ call, not a poll).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
 from pathlib import Path
 
-import ray
-
 from ..config import ExperimentConfig
 from ..data import PartitionReader
-from ..engine.schedule import train_sizes
+from ..engine.pool import ClientPool, PoolContext, make_pool
 from ..engine.state import RoundListener, RunState
 from ..errors import RayfedError
 from . import faults
-from .actor_pool import STARTUP_TIMEOUT_S, RayActorPool
-from .resources import make_placement_group, plan_actors, process_started_at
+from .resources import process_started_at
 
 
 class Driver:
@@ -44,9 +40,7 @@ class Driver:
         self.partition_dir = partition_dir
         self.run_dir = Path(run_dir)
         self.tracking_uri = tracking_uri
-        self.pg = placement_group
-        self.own_pg = placement_group is None
-        self.bundle_offset = bundle_offset
+        self.pg, self.bundle_offset = placement_group, bundle_offset  # Tune: the trial's
         self.parent_run_id = parent_run_id
         self.paced = paced  # Tune: wait for proceed() after each round
         self._go = threading.Semaphore(0)
@@ -56,7 +50,7 @@ class Driver:
                           "mlflow_run_id": mlflow_run_id}
         self.rounds_log: list[dict] = []
         self.tracker = None
-        self.pool: RayActorPool | None = None
+        self.pool: ClientPool | None = None
         self.state = None
         self._tracking = None
         self._setup_error: BaseException | None = None
@@ -69,8 +63,9 @@ class Driver:
 
     def _setup(self, partition_dir: str, resume: bool, mlflow_run_id: str | None) -> None:
         self.reader = PartitionReader(partition_dir, verify=False)
-        # 1. client actors first: they start while this actor loads torch below
-        self.pool = self._start_pool()
+        # 1. the pool first (client actors start while this actor loads torch below)
+        self.pool = make_pool(PoolContext(self.cfg, self.reader, str(self.run_dir), self.pg,
+                                          self.bundle_offset))
         # 2. the run's setup: a bad option or checkpoint fails here, before any file
         import torch
 
@@ -142,12 +137,10 @@ class Driver:
             self._release()
 
     def _release(self) -> None:
-        """Client actors and their placement group go (a failed setup, or the run's end)."""
+        """The pool goes, its client actors and their placement group with it (a failed
+        setup, or the run's end)."""
         if self.pool is not None:
             self.pool.close()
-        if self.own_pg and self.pg is not None:
-            ray.util.remove_placement_group(self.pg)
-            self.pg = None
 
     def _open_tracking(self):
         from ..tracking import MlflowListener
@@ -156,27 +149,13 @@ class Driver:
                               Path(self.cfg.runtime.output_dir).resolve() / "mlartifacts",
                               self.run_dir, self.cfg_dict, self.parent_run_id, self.note)
 
-    def _start_pool(self) -> RayActorPool:
-        resources = ray.cluster_resources()
-        if not self.own_pg:  # a trial's reserved bundles (Tune): plan within them
-            bundles = self.pg.bundle_specs[self.bundle_offset:]
-            resources = {r: sum(b.get(r, 0) for b in bundles) for r in ("CPU", "GPU")}
-        plan = plan_actors(self.cfg.runtime, self.reader.num_clients, resources)
-        if self.own_pg:
-            name = "rayfed-bpt-" + hashlib.sha1(str(self.run_dir).encode()).hexdigest()[:16]
-            self.pg = make_placement_group(plan, self.cfg.runtime.placement_strategy,
-                                           STARTUP_TIMEOUT_S, name)
-        sizes = train_sizes(self.reader, self.cfg)
-        return RayActorPool(self.cfg, self.partition_dir, sizes, plan, self.pg,
-                            self.bundle_offset, str(self.run_dir))
-
     def _run(self) -> dict:
         from ..engine.checkpoint import CheckpointWriter
         from ..engine.loop import Engine, evaluated
 
         cfg = self.cfg
         self._update(status="starting actors")
-        self.pool.wait_ready()
+        self.pool.start()
         actors_ready_at = self.timeline["actors_ready"] = time.time()
         listeners: list[RoundListener] = [CheckpointWriter(self.run_dir, self.cfg_dict,
                                                            cfg.runtime.checkpoint_every,
@@ -198,8 +177,8 @@ class Driver:
         self._update(status="training", round=state.round)
         state = engine.run(state)
         self.timeline["rounds_done"] = time.time()
-        memory = self.pool.memory()
-        infos = self.pool.infos()
+        stats = self.pool.stats()
+        infos = stats["workers"]
         self._write_artifacts(state, engine, infos)
         if self.tracker is not None:
             self.tracker.finish("FINISHED")
@@ -207,7 +186,8 @@ class Driver:
         return {"history": evaluated(state.history), "run_dir": str(self.run_dir),
                 "mlflow_run_id": state.mlflow_run_id,
                 "tracking_uri": self.tracker.uri if self.tracker else self.tracking_uri,
-                "actors": infos, "actor_memory": memory, "actors_replaced": self.pool.replaced,
+                "actors": infos, "actor_memory": stats["memory"],
+                "actors_replaced": stats["replaced"],
                 "actors_start_seconds": actors_ready_at - self.timeline["driver_init"],
                 "actors_ready_at": actors_ready_at,
                 "round_seconds": [m["round_seconds"] for m in state.history],

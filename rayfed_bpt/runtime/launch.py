@@ -49,7 +49,7 @@ def init_ray(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, log_to_driver=True,
-                 _system_config={"preload_python_modules": ["rayfed_bpt.engine.pool"]})
+                 _system_config={"preload_python_modules": ["rayfed_bpt.engine.host"]})
     return True
 
 
