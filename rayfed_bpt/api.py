@@ -122,7 +122,7 @@ def experiment(suite: str = "paper", *, quick: bool = False, add_methods: Sequen
     """Run an experiment suite (tuning, every method x setting x seed, the report) with
     ``add_methods`` as extra rows; returns the path of its ``results.md``. ``log``
     takes one line per finished run."""
-    from .runtime.suite_runner import run_suite
+    from .experiments.runner import run_suite
 
     return run_suite(suite, quick=quick, out=out, report_dir=report_dir, address=address,
                      tracking=tracking, add_methods=list(add_methods), plugins=list(plugins),

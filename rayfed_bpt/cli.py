@@ -127,7 +127,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 @arg("--no-tracking", action="store_true", help="do not log to MLflow")
 def cmd_experiment(args: argparse.Namespace) -> None:
     _no_ray_stats()
-    from .runtime.suite_runner import run_suite
+    from .experiments.runner import run_suite
 
     cmd = f"rayfed-bpt experiment --suite {args.suite}" + (" --quick" if args.quick else "")
     cmd += "".join(f" --import {m}" for m in args.imports)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .engine.state import RoundListener, RunState
 from .errors import ConfigError, RayfedError
+from .run_folder import RunFolder
 
 # A tracking server that is down costs seconds, not MLflow's default minutes of retries.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -193,8 +194,7 @@ class Tracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
-#: where a run folder records that its MLflow run moved to the fallback store
-FALLBACK = "mlflow-fallback.json"
+FALLBACK = RunFolder.FALLBACK  # where a run records that its MLflow run moved
 
 
 def fallback_of(run_dir: str | Path) -> tuple[str, str, str] | None:
@@ -205,6 +205,20 @@ def fallback_of(run_dir: str | Path) -> tuple[str, str, str] | None:
         return None
     d = json.loads(path.read_text())
     return d["tracking_uri"], d["mlflow_run_id"], d["note"]
+
+
+def mark_killed(uri: str, run_id: str) -> None:
+    """Mark MLflow run ``run_id`` KILLED if it is still RUNNING (a stopped run or Tune
+    trial); best effort, without retries: the store may be why the run stopped."""
+    os.environ.update({**HTTP_ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except Exception:  # noqa: BLE001 - nothing more to do about it
+        pass
 
 
 class MlflowListener(RoundListener):
@@ -247,9 +261,9 @@ class MlflowListener(RoundListener):
             raise RayfedError(f"the fallback MLflow store {self.fallback_uri} failed too: "
                               f"{error}") from error
         lost = self.tracker.uri
-        self.fallback_uri = f"sqlite:///{(self.run_dir / 'mlflow-fallback.db').resolve()}"
-        self.tracker = Tracker(self.fallback_uri, self.experiment,
-                               self.run_dir / "mlartifacts-fallback")
+        folder = RunFolder(self.run_dir)
+        self.fallback_uri = f"sqlite:///{folder.fallback_db.resolve()}"
+        self.tracker = Tracker(self.fallback_uri, self.experiment, folder.fallback_artifacts)
         self.tracker.start(self.run_dir.name, self.params)
         for m in state.history:  # every round so far, so nothing is lost in either store
             self.tracker.log_metrics(m, step=int(m["round"]))
@@ -268,6 +282,12 @@ class MlflowListener(RoundListener):
     def uri(self) -> str:
         """The store that holds the run now (the fallback one after a failure)."""
         return self.tracker.uri
+
+    def on_finish(self, state: RunState, engine) -> None:
+        """The run's results/ (written by the ResultsWriter before this) as artifacts."""
+        results = RunFolder(self.run_dir).results
+        if results.is_dir():
+            self.log_artifacts(results)
 
     def log_artifacts(self, folder: str | Path) -> None:
         try:

@@ -176,5 +176,5 @@ def test_reference_command_prints_rounds(part4, capsys):
         ]
     )
     assert rc == 0
-    assert "round   1/1" in capsys.readouterr().out
+    assert "round 1/1  loss" in capsys.readouterr().out
     assert reference_main(["--set", "algorithm.name=nope"]) == 2

@@ -116,8 +116,14 @@ CASES = [
      "runtime.gpus_per_actor=0.5", "the Ray cluster has no GPU", 90),
     ("algorithm-option", "a misspelt algorithm option",
      "run --set data.partition_dir={part} runtime.output_dir={runs} "
-     "algorithm.options.betta=1", "unknown config key(s) ['algorithm.options (pfedbayespt)"
-                                  ".betta']", 90),
+     "algorithm.options.betta=1", "unknown config key(s) ['algorithm.options.betta']", 2),
+    ("algorithm-name", "an algorithm that is not registered",
+     "run --set algorithm.name=nope", "unknown algorithm.name 'nope'; allowed:", 2),
+    ("algorithm-option-range", "an algorithm option out of its bounds",
+     "run --set algorithm.options.prompt_len=-3",
+     "algorithm.options.prompt_len must lie in [1, 512], got -3", 2),
+    ("pool-unknown", "a client pool that is not registered",
+     "run --set runtime.pool=gpu_farm", "runtime.pool='gpu_farm'; allowed:", 2),
     ("tune-distribution", "an unknown distribution in a search space",
      "tune --space {tmp}/space.yaml", "is not one distribution", 30),
     ("tune-no-space", "a sweep without a space file", "tune", "give --space FILE", 10),
@@ -131,19 +137,19 @@ CASES = [
      "run --import {tmp}/my_method.py", "is not a module name", 5),
     ("run-name-escape", "a run name that climbs out of the output folder",
      "run --set data.partition_dir={part} runtime.output_dir={runs} "
-     "runtime.run_name=../../escape", "must be one folder name inside runtime.output_dir", 5),
+     "runtime.run_name=../../escape", "must be one folder name inside runtime.output_dir", 2),
     ("run-name-nested", "a run name that is a path",
-     "run --set runtime.run_name=a/b", "runtime.run_name='a/b' must be one folder name", 5),
+     "run --set runtime.run_name=a/b", "runtime.run_name='a/b' must be one folder name", 2),
     ("nan-lr", "a learning rate that is not a number",
-     "run --set train.lr=nan", "train.lr=nan must be a finite number", 5),
+     "run --set train.lr=nan", "train.lr=nan must be a finite number", 2),
     ("clients-per-round", "more clients a round than the partition holds",
      "run --set data.partition_dir={part} runtime.output_dir={runs} "
      "train.clients_per_round=99", "train.clients_per_round=99 but the partition has 3 "
-                                   "clients", 10),
+                                   "clients", 2),
     ("backbone-not-weights", "a text file given as the backbone's weights",
      "run --set data.partition_dir={part} runtime.output_dir={runs} backbone.source=file "
      "backbone.name=vit_tiny_patch16_224 backbone.checkpoint={tmp}/weights.safetensors",
-     "is not a weights file", 10),
+     "is not a weights file", 2),
     ("add-method-unknown", "a suite row for a method that is not registered",
      "experiment --quick --add-method fedprx_vpt",
      "--add-method ['fedprx_vpt']: not a registered algorithm", 30),

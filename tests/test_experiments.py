@@ -21,19 +21,16 @@ from rayfed_bpt.engine import run_reference
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.experiments import paper_suite
 from rayfed_bpt.experiments.report import (
-    ablation_lines,
     diagnostics_table,
     headline_table,
-    mean_std,
-    oracle_gap,
-    paired_word,
     rows_by_setting,
     setting_rows,
     study_rows,
     tuned_lrs,
-    verdict,
     write_report,
 )
+from rayfed_bpt.experiments.runner import execute
+from rayfed_bpt.experiments.stats import ablation_lines, mean_std, oracle_gap, paired_word, verdict
 from rayfed_bpt.experiments.store import RunStore
 from rayfed_bpt.experiments.suite import (
     FLAGSHIP,
@@ -43,7 +40,6 @@ from rayfed_bpt.experiments.suite import (
     _studies,
     run_key,
 )
-from rayfed_bpt.runtime.suite_runner import execute
 
 LRS = {m: 0.01 * (i + 1) for i, m in enumerate(METHODS) if m not in LR_FROM}
 
@@ -175,10 +171,13 @@ def test_execute_caches_runs_and_reports_failures_without_losing_others(part4, t
     assert "1 from the cache, 0 to run" in lines[0]
     assert again[0]["history"] == recs[0]["history"]
 
-    bad = RunSpec("main", "dm4", "pfedbayespt", 0,
-                  tiny(part4, "algorithm.name=pfedbayespt", "algorithm.options.J=-1"))
+    # a valid config that fails as it trains (a domain id beyond the oracle's prompts)
+    bad = RunSpec("main", "dm4", "oracle_domain_vpt", 0,
+                  tiny(part4, "algorithm.name=oracle_domain_vpt",
+                       "algorithm.options.max_domains=1"))
     other = RunSpec("main", "dm4", "local", 0, tiny(part4, "algorithm.name=local"))
-    with pytest.raises(RayfedError, match=r"(?s)1 run\(s\) failed.*pfedbayespt.*J=-1"):
+    with pytest.raises(RayfedError,
+                       match=r"(?s)1 run\(s\) failed.*oracle_domain_vpt.*max_domains=1"):
         execute([bad, other], store, log=None)
     assert store.get(run_key(other.overrides)) is not None  # the good run was kept
 

@@ -241,6 +241,41 @@ def test_a_name_that_is_taken_is_refused_naming_both(tmp_path):
         import_plugins([part])
 
 
+def test_a_pool_is_one_class_registered_by_name(tmp_path, part4):
+    """A new client pool is one file: a class with @register_pool, chosen by runtime.pool
+    (checked where the config is made), made by the engine's one factory."""
+    from rayfed_bpt.catalog import pool_names
+    from rayfed_bpt.data import PartitionReader
+    from rayfed_bpt.engine import Engine, PoolContext, make_pool, run_reference
+
+    name = _module(tmp_path, "counting_pool", """
+        from rayfed_bpt.catalog import register_pool
+        from rayfed_bpt.engine.host import InProcessPool
+
+        @register_pool("counting")
+        class CountingPool(InProcessPool):
+            units = 0
+
+            def train(self, global_state, personal, round):
+                CountingPool.units += len(personal)
+                return super().train(global_state, personal, round)
+        """)
+    with pytest.raises(ConfigError, match=r"runtime.pool='counting'; allowed: \['ray_actors'"):
+        load_config(None, ["runtime.pool=counting"])
+    cfg = load_config(None, [f"data.partition_dir={part4}", "runtime.pool=counting",
+                             "data.max_train_per_client=24", "data.max_test_per_client=12",
+                             "train.rounds=1", "algorithm.name=fedavg_vpt",
+                             "algorithm.options.prompt_len=1", "train.fraction=0.5"], [name])
+    assert "counting" in pool_names()
+    reader = PartitionReader(part4)
+    pool = make_pool(PoolContext(cfg, reader))
+    assert type(pool).__name__ == "CountingPool" and pool.group_size == 1
+    engine = Engine(cfg, pool.host.alg, pool, reader.client_ids, reader.info.domain_names)
+    state = engine.run(engine.initial_state())
+    assert type(pool).units == 2
+    assert state.history[-1]["acc_mean"] == run_reference(cfg, log=None)[-1]["acc_mean"]
+
+
 def test_plugin_importer_and_partitioner_prepare_and_split_a_dataset(tmp_path):
     from rayfed_bpt.config import DataConfig
     from rayfed_bpt.data import PartitionReader, load_dataset, prepare

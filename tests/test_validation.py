@@ -20,7 +20,7 @@ from rayfed_bpt.engine import CheckpointWriter, evaluate_run, run_reference
 from rayfed_bpt.engine.schedule import train_sizes
 from rayfed_bpt.engine.setup import load_client
 from rayfed_bpt.errors import ConfigError
-from rayfed_bpt.runtime.preflight import create_run_dir
+from rayfed_bpt.run_folder import RunFolder
 
 SKIP = {"round_seconds", "eval_seconds"}
 
@@ -40,7 +40,7 @@ def strip(history):
 
 def run(cfg, run_dir):
     """``cfg`` in this process, into a run folder as ``rayfed-bpt run`` leaves one."""
-    create_run_dir(run_dir, cfg)
+    RunFolder(run_dir).create(cfg.to_dict())
     writer = CheckpointWriter(run_dir, cfg.to_dict(), 1, cfg.train.rounds)
     return run_reference(cfg, log=None, listeners=[writer])
 

@@ -23,12 +23,11 @@ from pathlib import Path
 
 from ..data.arrow_io import match_umask
 from ..errors import RayfedError
+from ..run_folder import RunFolder
 from .state import RoundListener, RunState
 
-LATEST = "checkpoint.safetensors"
-PREVIOUS = "checkpoint.prev.safetensors"
+LATEST, PREVIOUS, LEGACY = RunFolder.CHECKPOINT, RunFolder.PREVIOUS, RunFolder.LEGACY
 FORMAT = "rayfed_bpt.checkpoint/1"
-LEGACY = "checkpoint.pt"
 
 
 def save_checkpoint(run_dir: str | Path, state: RunState, config: dict) -> Path:

@@ -101,7 +101,7 @@ class Engine:
             for listener in self.listeners:
                 listener.on_round(state, m)
         for listener in self.listeners:
-            listener.on_finish(state)
+            listener.on_finish(state, self)
         return state
 
 

@@ -14,13 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
 from ..config import ExperimentConfig, from_dict, load_config
 from ..data import PartitionReader
 from ..data.recipe import resolve_partition
 from ..errors import ConfigError, RayfedError
 from ..plugins import import_plugins
+from ..progress import round_line
+from ..run_folder import RunFolder
 from .checkpoint import load_checkpoint
 from .loop import Engine, evaluated
 from .pool import PoolContext, make_pool
@@ -49,10 +49,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     stopped early (a scheduler's decision) is evaluated at its last checkpoint; ``round``
     says which."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = from_dict(ExperimentConfig, yaml.safe_load(path.read_text()))
+    cfg = from_dict(ExperimentConfig, RunFolder(run_dir).read_config())
     if split not in ("test", "val"):
         raise ConfigError(f"split={split!r}; allowed: test, val")
     if split == "val" and cfg.data.val_fraction == 0:
@@ -70,12 +67,7 @@ class _Log(RoundListener):
         self.log, self.rounds = log, rounds
 
     def on_round(self, state: RunState, m: dict) -> None:
-        shown = [f"{p.replace('_', ' ')}acc mean {m[p + 'acc_mean']:.3f} std "
-                 f"{m[p + 'acc_std']:.3f} min {m[p + 'acc_min']:.3f}"
-                 for p in ("val_", "") if p + "acc_mean" in m]
-        if shown:
-            self.log(f"round {m['round']:3d}/{self.rounds}  loss {m['train_loss']:.3f}  "
-                     f"{'  '.join(shown)}  ({m['round_seconds']:.1f}s)")
+        self.log(round_line(m, self.rounds))
 
 
 def run_reference(

@@ -7,7 +7,6 @@ start from exactly the same objects and compute exactly the same numbers.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -59,11 +58,6 @@ def make_algorithm(
         seed=cfg.seed,
         num_clients=reader.num_clients,
     )
-
-
-def with_options(cfg: ExperimentConfig, options: dict) -> ExperimentConfig:
-    return replace(cfg, algorithm=replace(cfg.algorithm, options={**cfg.algorithm.options,
-                                                                  **options}))
 
 
 def load_client(reader: PartitionReader, k: int, cfg: ExperimentConfig) -> ClientData:

@@ -26,5 +26,5 @@ class RoundListener:
     def on_round(self, state: RunState, metrics: dict) -> None:
         pass
 
-    def on_finish(self, state: RunState) -> None:
-        pass
+    def on_finish(self, state: RunState, engine) -> None:
+        """The last round is done; ``engine`` holds its last evaluation and its pool."""

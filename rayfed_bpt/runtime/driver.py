@@ -1,14 +1,15 @@
-"""The driver actor: the round engine over the Ray actor pool, with MLflow and checkpoints.
+"""The driver actor: the round engine over a client pool, with MLflow and checkpoints.
 
 It sets the run up when it is created, in the order that overlaps best: first
-the client actors' placement group and the actors (which then load torch and
-the backbone in their own processes), then its own heavy imports and the
-algorithm (whose options are checked here, before any file is written), then
-the MLflow store in a thread while the actors finish starting. ``run`` lets the
-engine run the rounds. After each round, in this order: checkpoint, MLflow, progress for the entry
-process, injected faults (tests), and on Tune the wait for the
-scheduler's go-ahead. Progress is pushed to whoever waits on it (a blocking
-call, not a poll).
+the pool (``runtime.pool``; Ray client actors then load torch and the backbone
+in their own processes), then its own heavy imports, the algorithm and a
+resumed run's checkpoint, then the MLflow store in a thread while the actors
+finish starting. ``run`` lets the engine run the rounds. After each round, in
+this order: checkpoint, MLflow, progress, injected faults (tests), and on Tune
+the wait for the scheduler's go-ahead; after the last, results/ (every pool) and
+their MLflow artifacts. Progress is one channel (``progress``), pushed to
+whoever waits on it (a blocking call, not a poll); ``DriverHandle`` is how the
+entry process and Tune start and read a driver.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import ExperimentConfig
@@ -46,13 +48,13 @@ class Driver:
         self._go = threading.Semaphore(0)
         self._cond = threading.Condition()
         self._progress = {"version": 0, "round": 0, "rounds": self.cfg.train.rounds,
-                          "status": "starting", "metrics": {}, "notes": [],
+                          "status": "starting", "notes": [],
                           "mlflow_run_id": mlflow_run_id}
         self.rounds_log: list[dict] = []
         self.tracker = None
         self.pool: ClientPool | None = None
         self.state = None
-        self._tracking = None
+        self._tracking: Future | None = None
         self._setup_error: BaseException | None = None
         try:
             self._setup(partition_dir, resume, mlflow_run_id)
@@ -82,7 +84,10 @@ class Driver:
             # this checkpoint); a --resume in a new process has only the checkpoint's
             self._progress["mlflow_run_id"] = mlflow_run_id or self.state.mlflow_run_id
         # 3. the MLflow store (import, schema) in a thread, while the actors still start
-        self._tracking = _Background(self._open_tracking) if self.tracking_uri else None
+        if self.tracking_uri:
+            opener = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
+            self._tracking = opener.submit(self._open_tracking)
+            opener.shutdown(wait=False)  # the thread ends with the call
 
     def ready(self) -> dict:
         """The run is set up (or the reason it could not be); where it starts."""
@@ -103,18 +108,16 @@ class Driver:
             notes = self._progress["notes"] + [text]
         self._update(notes=notes)
 
-    def wait_progress(self, version: int, timeout: float = 60.0) -> dict:
-        """The progress as soon as it is newer than ``version`` (or after ``timeout``)."""
+    def progress(self, version: int, since: int = 0, timeout: float = 60.0) -> dict:
+        """The run's progress as soon as it is newer than ``version`` (or after
+        ``timeout``): version, status, round, notes, the MLflow run id, and
+        ``new_rounds``, the metrics of every round after the first ``since`` this
+        driver ran (a display shows them, a Tune trial reports them)."""
         with self._cond:
             self._cond.wait_for(lambda: self._progress["version"] > version, timeout)
-            return json.loads(json.dumps(self._progress))
-
-    def round_metrics(self, since: int = 0, timeout: float = 60.0) -> list[dict]:
-        """Every round's metrics after the first ``since``, as soon as there are any."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.rounds_log) > since
-                                or self._progress["status"] in ("finished", "failed"), timeout)
-            return [dict(m) for m in self.rounds_log[since:]]
+            snapshot = json.loads(json.dumps(self._progress))
+            snapshot["new_rounds"] = [dict(m) for m in self.rounds_log[since:]]
+            return snapshot
 
     def proceed(self) -> None:
         """Paced runs: let the next round start."""
@@ -152,15 +155,24 @@ class Driver:
     def _run(self) -> dict:
         from ..engine.checkpoint import CheckpointWriter
         from ..engine.loop import Engine, evaluated
+        from ..engine.results import ResultsWriter
+        from ..run_folder import RunFolder
 
         cfg = self.cfg
         self._update(status="starting actors")
         self.pool.start()
         actors_ready_at = self.timeline["actors_ready"] = time.time()
-        listeners: list[RoundListener] = [CheckpointWriter(self.run_dir, self.cfg_dict,
-                                                           cfg.runtime.checkpoint_every,
-                                                           cfg.train.rounds)]
-        if self._tracking is not None:
+        stats: dict = {}
+
+        def workers() -> list[dict]:  # where each worker ran: results/ and the summary
+            stats.update(self.pool.stats())
+            return stats["workers"]
+
+        listeners: list[RoundListener] = [
+            CheckpointWriter(self.run_dir, self.cfg_dict, cfg.runtime.checkpoint_every,
+                             cfg.train.rounds),
+            ResultsWriter(RunFolder(self.run_dir), self.cfg_dict, workers)]  # at the end
+        if self._tracking is not None:  # after results/: its on_finish logs them
             self.tracker = self._tracking.result()
             listeners.append(self.tracker)
         listeners += [_Progress(self), _Faults(cfg.runtime.faults, self.run_dir)]
@@ -177,9 +189,7 @@ class Driver:
         self._update(status="training", round=state.round)
         state = engine.run(state)
         self.timeline["rounds_done"] = time.time()
-        stats = self.pool.stats()
-        infos = stats["workers"]
-        self._write_artifacts(state, engine, infos)
+        infos = stats["workers"] if stats else workers()
         if self.tracker is not None:
             self.tracker.finish("FINISHED")
         self._update(status="finished")
@@ -193,48 +203,6 @@ class Driver:
                 "round_seconds": [m["round_seconds"] for m in state.history],
                 "notes": self._progress["notes"], "timeline": self.timeline}
 
-    def _write_artifacts(self, state: RunState, engine, infos: list[dict]) -> None:
-        from ..reporting import plot_domains, plot_history, write_client_csv, write_config
-
-        out = self.run_dir / "results"
-        out.mkdir(parents=True, exist_ok=True)
-        name = self.cfg.algorithm.name
-        history = [m for m in state.history if "acc_mean" in m]  # test-evaluated rounds
-        if engine.last_evals:
-            write_client_csv(out / "clients.csv", engine.last_evals,
-                             self.reader.info.domain_names, self.pool.sizes)
-        if history:
-            plot_history(out / "accuracy_vs_round.png", history, f"{name}: test accuracy")
-            plot_domains(out / "domain_accuracy.png", history[-1],
-                         f"{name}: per-domain accuracy, round {history[-1]['round']}")
-        write_config(out / "config.yaml", self.cfg_dict)
-        # where each client actor ran and which clients it trained: for a person and tests
-        (out / "actors.json").write_text(json.dumps(infos, indent=1))
-        if self.tracker is not None:
-            self.tracker.log_artifacts(out)
-
-
-class _Background:
-    """A call run in a thread; ``result()`` waits for it and re-raises its error."""
-
-    def __init__(self, fn):
-        self._out: list = []
-        self._thread = threading.Thread(target=self._call, args=(fn,), daemon=True)
-        self._thread.start()
-
-    def _call(self, fn) -> None:
-        try:
-            self._out.append((fn(), None))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever waits
-            self._out.append((None, e))
-
-    def result(self):
-        self._thread.join()
-        value, error = self._out[0]
-        if error is not None:
-            raise error
-        return value
-
 
 class _Progress(RoundListener):
     def __init__(self, driver: Driver):
@@ -244,7 +212,7 @@ class _Progress(RoundListener):
         self.driver.timeline.setdefault("first_round_done", time.time())
         with self.driver._cond:
             self.driver.rounds_log.append(dict(metrics))
-        self.driver._update(round=state.round, metrics=metrics)
+        self.driver._update(round=state.round)
 
 
 class _Faults(RoundListener):

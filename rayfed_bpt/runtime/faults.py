@@ -17,11 +17,13 @@ import os
 import time
 from pathlib import Path
 
+from ..run_folder import RunFolder
+
 PAUSE_LIMIT_S = 600.0
 
 
 def _marker(run_dir: str | Path, name: str) -> Path:
-    return Path(run_dir) / ".faults" / name
+    return RunFolder(run_dir).file(RunFolder.FAULTS) / name
 
 
 def _claim(run_dir: str | Path, name: str) -> bool:

@@ -160,25 +160,19 @@ def _trial(point: dict, *, sp: SweepSpace, partition_dir: str, tracking_uri: str
     """One Tune trial: a driver actor in this trial's placement group, reports per round."""
     import ray
     from ray import tune
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from ..reporting import write_config
-    from ..runtime.driver import Driver
+    from ..run_folder import RunFolder
+    from ..runtime.driver_handle import DriverHandle
 
     cfg = sp.trial_config(point)
     cfg.data.partition_dir = partition_dir
-    trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(trials_dir) / trial_id  # a run folder like `run`'s: config, checkpoints
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir / "config.yaml", cfg.to_dict())
-    pg = ray.util.get_current_placement_group()
-    driver = ray.remote(Driver).options(
-        num_cpus=0, num_gpus=0, max_concurrency=4,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
-    ).remote(cfg, partition_dir, str(run_dir), tracking_uri,
-             placement_group=pg, bundle_offset=1, parent_run_id=parent_run_id, paced=True)
-    done = driver.run.remote()
-    reported = 0
+    folder = RunFolder(Path(trials_dir) / tune.get_context().get_trial_id())
+    folder.create(cfg.to_dict(), exist_ok=True)  # a run folder like `run`'s
+    driver = DriverHandle(cfg, partition_dir, str(folder), tracking_uri,
+                          placement_group=ray.util.get_current_placement_group(),
+                          parent_run_id=parent_run_id, paced=True)
+    done = driver.run()
+    version, reported = -1, 0
 
     def report(m: dict) -> None:
         # wall_time orders every trial's rounds on one axis (the anytime curve)
@@ -186,40 +180,24 @@ def _trial(point: dict, *, sp: SweepSpace, partition_dir: str, tracking_uri: str
 
     try:
         while True:
-            # blocks until the driver has a new round (or has finished): no polling
-            watch = driver.round_metrics.remote(reported, 60.0)
+            # blocks until the driver has news (a round, a status): no polling
+            watch = driver.progress(version, reported)
             ready, _ = ray.wait([done, watch], num_returns=1)
             if done in ready:
                 ray.get(done)  # raises what the run raised
-                for m in ray.get(driver.round_metrics.remote(reported, 0.0), timeout=120):
+                for m in ray.get(driver.progress(-1, reported, 0.0), timeout=120)["new_rounds"]:
                     report(m)
                 return
-            for m in ray.get(watch):
+            p = ray.get(watch)
+            version = p["version"]
+            for m in p["new_rounds"]:
                 report(m)
                 reported += 1
-                driver.proceed.remote()  # the scheduler let this trial go on
+                driver.proceed()  # the scheduler let this trial go on
     finally:
-        # Stopped early (or failed): the driver goes, and its client actors with it.
-        _close_child_run(driver, tracking_uri)
-        ray.kill(driver, no_restart=True)
-
-
-def _close_child_run(driver, tracking_uri: str | None) -> None:
-    """Mark a stopped trial's MLflow run KILLED (a finished one stays FINISHED)."""
-    import ray
-
-    if not tracking_uri:
-        return
-    try:
-        run_id = ray.get(driver.mlflow_run_id.remote(), timeout=30)
-        if run_id:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri)
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_terminated(run_id, status="KILLED")
-    except Exception:  # noqa: BLE001 - best effort: the trial is going away anyway
-        pass
+        # Stopped early (or failed): the driver goes, its client actors with it, and its
+        # MLflow run, if still RUNNING, is marked KILLED.
+        driver.kill(mark=(tracking_uri, driver.mlflow_run_id(30) if tracking_uri else None))
 
 
 def progress_callback(metric: str, mode: str, rounds: int):

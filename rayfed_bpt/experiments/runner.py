@@ -17,8 +17,8 @@ import ray
 
 from ..config import ExperimentConfig
 from ..errors import Interrupted, RayfedError
-from ..experiments.store import RunStore, log_run, prepare_partitions
-from ..experiments.suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
+from .store import RunStore, log_run, prepare_partitions
+from .suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
 
 
 def _run_remote(cfg: ExperimentConfig, final_evals: dict) -> dict:
@@ -102,10 +102,11 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     ``plugins``)."""
     import platform
 
-    from ..experiments.report import tuned_lrs, write_report
-    from ..experiments.suite import SUITES, config_hash
+    from ..runtime.launch import init_ray
+    from ..runtime.signals import sigterm_as_interrupt, stop_signal
     from ..tracking import Tracker, resolve_tracking_uri, ui_command
-    from .launch import init_ray, sigterm_as_interrupt, stop_signal
+    from .report import tuned_lrs, write_report
+    from .suite import SUITES, config_hash
 
     if name not in SUITES:
         raise RayfedError(f"unknown suite {name!r}; available: {sorted(SUITES)}")
