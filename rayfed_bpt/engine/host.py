@@ -57,12 +57,11 @@ class ClientHost:
 
     def train(self, global_state: State, personal: dict[int, State], round: int
               ) -> list[ClientResult]:
+        """Train ``personal``'s clients as one batched group: a work unit, which the pool
+        cut (once) to at most ``group_size`` clients of similar size."""
         self.trained.update(personal)
         tasks = [ClientTask(k, self.client(k), personal[k], round) for k in personal]
-        out: list[ClientResult] = []
-        for i in range(0, len(tasks), self.group_size):
-            out += self.alg.local_update(global_state, tasks[i : i + self.group_size])
-        return out
+        return self.alg.local_update(global_state, tasks)
 
     def evaluate(self, global_state: State, personal: dict[int, State], round: int,
                  options: dict | None = None, splits: Sequence[str] = ("test",)
