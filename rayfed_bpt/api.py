@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import ExperimentConfig, apply_overrides, from_dict, read_yaml, with_plugins
 from .errors import ConfigError
+from .knobs import set_key
 from .plugins import KINDS, import_plugins, origin
 
 __all__ = ["RunResult", "config", "experiment", "read_partition", "registered", "run", "tune"]
@@ -53,31 +54,17 @@ def config(source: str | Path | Mapping | None = None,
     elif isinstance(source, Mapping):
         d = {}
         for key, value in source.items():  # dotted keys allowed, as in overrides
-            _set(d, key, value)
+            set_key(d, str(key), value)
     else:
         d = read_yaml(source)
     if isinstance(overrides, Mapping):
         for key, value in overrides.items():
-            _set(d, key, value)
+            set_key(d, str(key), value)
     else:
         apply_overrides(d, list(overrides))
     for key, value in sections.items():
-        _set(d, key, value)
+        set_key(d, str(key), value)
     return from_dict(ExperimentConfig, with_plugins(d, list(plugins)))
-
-
-def _set(d: dict, key: str, value: Any) -> None:
-    *parents, last = str(key).split(".")
-    node = d
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {p} is not a config section")
-    if isinstance(value, Mapping) and isinstance(node.get(last), dict):
-        for k, v in value.items():
-            _set(node[last], k, v)
-    else:
-        node[last] = dict(value) if isinstance(value, Mapping) else value
 
 
 def run(cfg: ExperimentConfig, *, resume: str | Path | None = None, local: bool = False,

@@ -78,7 +78,6 @@ class ClientHost:
                                                  options)
         return self._variants[key]
 
-
     def info(self, index: int) -> dict:
         """Where this host runs and which clients it trained (a pool's ``stats``)."""
         return {"index": index, "pid": os.getpid(), "device": str(self.alg.device),

@@ -1,10 +1,9 @@
-"""Running an experiment suite on Ray: one task per run, the run cache, MLflow, the report.
+"""Running an experiment suite: the run cache, one Ray task per run, MLflow, the report.
 
-A run is the single-process reference loop (bit-identical to the actor runtime,
-which tests check) inside one Ray task with one CPU: on a laptop two runs share
-two cores, on a cluster the runs spread over every node. Finished runs go to the
-suite's ``RunStore`` at once (``rayfed_bpt.experiments.store``). A failed run
-does not stop the others; the suite reports it and keeps what finished.
+Each run not in the cache goes to ``runtime.tasks`` (the single-process reference
+loop in a Ray task with one CPU; this module imports no Ray itself). Finished runs
+go to the suite's ``RunStore`` at once (``store``). A failed run does not stop the
+others; the suite reports it and keeps what finished.
 """
 
 from __future__ import annotations
@@ -13,22 +12,10 @@ import os
 import time
 from pathlib import Path
 
-import ray
-
-from ..config import ExperimentConfig
 from ..errors import Interrupted, RayfedError
+from ..runtime.tasks import run_configs
 from .store import RunStore, log_run, prepare_partitions
 from .suite import ABLATIONS, FLAGSHIP, RunSpec, run_key
-
-
-def _run_remote(cfg: ExperimentConfig, final_evals: dict) -> dict:
-    """One suite run in a Ray task, in-process (its threads: runtime.threads, as in
-    every pool)."""
-    from ..engine.reference import run_reference
-
-    t = time.perf_counter()
-    history = run_reference(cfg, log=None, final_evals=final_evals)
-    return {"history": history, "seconds": time.perf_counter() - t}
 
 
 def _cost(spec: RunSpec) -> float:
@@ -52,23 +39,16 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
             todo.setdefault(k, s)
     if todo:
         prepare_partitions(list(todo.values()))
-    remote = ray.remote(num_cpus=1, max_retries=1)(_run_remote)
     order = sorted(todo.items(), key=lambda kv: -_cost(kv[1]))
-    futures = {remote.remote(s.config, s.final_evals): (k, s) for k, s in order}
     if log:
         log(f"{len(keyed)} runs: {len(records)} from the cache, {len(todo)} to run")
     failures = []
     done, t0 = 0, time.perf_counter()
-    while futures:
-        ready, _ = ray.wait(list(futures), num_returns=1, timeout=2.0)
-        if not ready:  # wake up now and then: Ctrl-C / SIGTERM are handled between waits
-            continue
-        k, s = futures.pop(ready[0])
+    for k, out, error in run_configs([(k, s.config, s.final_evals) for k, s in order]):
+        s = todo[k]
         done += 1
-        try:
-            out = ray.get(ready[0])
-        except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
-            failures.append(f"{s.label()}: {getattr(e, 'cause', None) or e}")
+        if error is not None:  # one failed run must not lose the others
+            failures.append(f"{s.label()}: {error}")
             if log:
                 log(f"[{done}/{len(todo)}] FAILED {s.label()}: {failures[-1]}")
             continue
