@@ -16,6 +16,7 @@ registered with ``register_pool`` in its own module.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -66,6 +67,14 @@ def register_algorithm(name: str | None = None, **preset: Any) -> Callable[[type
         return cls
 
     return add
+
+
+def load_target(target: type | str) -> type:
+    """A registered class, or the class a "module:Class" declaration names (imported now)."""
+    if isinstance(target, str):
+        module, cls = target.split(":")
+        return getattr(importlib.import_module(module), cls)
+    return target
 
 
 def spec(name: str) -> Spec:
@@ -141,13 +150,7 @@ def check_pool(name: str) -> None:
 def pool_class(name: str) -> type:
     """The class of pool ``name`` (its module imported now)."""
     check_pool(name)
-    target = _POOLS.get(name)
-    if isinstance(target, str):
-        import importlib
-
-        module, cls = target.split(":")
-        return getattr(importlib.import_module(module), cls)
-    return target
+    return load_target(_POOLS.get(name))
 
 
 # ----- the built-in algorithms' options --------------------------------------------------

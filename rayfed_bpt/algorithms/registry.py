@@ -7,9 +7,14 @@ built-in's module is imported when a run first needs its class.
 
 from __future__ import annotations
 
-import importlib
-
-from ..catalog import algorithm_options, list_algorithms, preset_of, register_algorithm, spec
+from ..catalog import (
+    algorithm_options,
+    list_algorithms,
+    load_target,
+    preset_of,
+    register_algorithm,
+    spec,
+)
 
 __all__ = ["algorithm_options", "list_algorithms", "lookup", "preset_of", "register_algorithm"]
 
@@ -17,7 +22,4 @@ __all__ = ["algorithm_options", "list_algorithms", "lookup", "preset_of", "regis
 def lookup(name: str) -> tuple[type, dict]:
     """(the class, its preset options) of ``name``."""
     s = spec(name)
-    if isinstance(s.target, str):
-        module, cls = s.target.split(":")
-        return getattr(importlib.import_module(module), cls), dict(s.preset)
-    return s.target, dict(s.preset)
+    return load_target(s.target), dict(s.preset)
