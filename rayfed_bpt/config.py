@@ -120,6 +120,13 @@ class TrainConfig(Checked):
     eval_test: bool = knob(True, "evaluate the test split at each evaluation; sweeps turn it "
                            "off: they choose on validation and evaluate the chosen config's "
                            "test split once, at the end")
+    eval_fraction: float = knob(1.0, "share of clients an evaluation covers (a seeded sample "
+                                "reported with eval_clients and acc_mean_ci95)",
+                                bounds="(0, 1]")
+    eval_resample: bool = knob(False, "false: the same sampled clients at every evaluation; "
+                               "true: a fresh sample each time")
+    eval_final_all: bool = knob(True, "the last round evaluates every client whatever "
+                                "eval_fraction says")
     optimizer_state: str = knob("reset", "reset: a fresh Adam each round (FedAvg's usual "
                                 "client) | keep: each client's Adam moments carry over to its "
                                 "next round, kept (and checkpointed) with its personal state",
@@ -166,6 +173,10 @@ class RuntimeConfig(Checked):
     group_size: int | str = knob("auto", "clients per batched pass: auto = 1 on CPU, 8 on a GPU")
     schedule: str = knob("dynamic", "dynamic: a work unit to whichever actor is free; "
                          "pinned: client k to actor k % N", choices=("dynamic", "pinned"))
+    personal_memory: int | str = knob("auto", "clients whose personal state the driver keeps "
+                                      "in memory; the rest spill to the run folder's "
+                                      "personal/: auto = all up to 1,000 clients, else "
+                                      "twice a round's")
     client_cache: int = knob(1024, "opened client shards (and cached features) kept per actor",
                              bounds=AT_LEAST_1)
     output_dir: str = knob("rayfed_runs", "where run folders (and the default MLflow store) go")
@@ -187,10 +198,10 @@ class RuntimeConfig(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.group_size != "auto" and not (isinstance(self.group_size, int)
-                                              and self.group_size >= 1):
-            raise ConfigError(f"runtime.group_size={self.group_size!r}; allowed: auto or an "
-                              "integer >= 1")
+        for key in ("group_size", "personal_memory"):
+            value = getattr(self, key)
+            if value != "auto" and not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"runtime.{key}={value!r}; allowed: auto or an integer >= 1")
         name = self.run_name
         if name is not None and (name in ("", ".", "..") or any(c in "/\\" or ord(c) < 32
                                                                or ord(c) == 127 for c in name)):

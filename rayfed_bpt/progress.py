@@ -17,6 +17,8 @@ def round_fields(m: dict) -> dict[str, str]:
     for p, what in (("val_", "val acc"), ("", "acc")):
         if p + "acc_mean" in m:
             out[what] = f"{m[p + 'acc_mean']:.3f}"
+            if p + "acc_mean_ci95" in m:  # a sampled evaluation: its 95 % interval and size
+                out[what] += f"±{m[p + 'acc_mean_ci95']:.3f} ({m[p + 'eval_clients']:.0f} clients)"
             out[f"{what} min"] = f"{m[p + 'acc_min']:.3f}"
     if "round_seconds" in m:
         out["s"] = f"{m['round_seconds']:.1f}"

@@ -6,6 +6,7 @@ The one owner of the layout every other module writes into or reads from:
         config.yaml                      the run's config (what --resume reads)
         checkpoint.safetensors           the latest checkpoint (engine.checkpoint)
         checkpoint.prev.safetensors      the one before
+        personal/                        clients' personal states the checkpoints refer to
         results/                         clients.csv, plots, config, workers (every pool)
         mlflow-fallback.json             the store the run moved to after an outage
         mlflow-fallback.db, mlartifacts-fallback/
@@ -33,6 +34,7 @@ class RunFolder:
     CONFIG = "config.yaml"
     CHECKPOINT = "checkpoint.safetensors"
     PREVIOUS = "checkpoint.prev.safetensors"
+    PERSONAL = "personal"
     LEGACY = "checkpoint.pt"  # an older rayfed-bpt's pickle: refused, never read
     RESULTS = "results"
     FALLBACK = "mlflow-fallback.json"

@@ -231,6 +231,8 @@ class MlflowListener(RoundListener):
     crash goes on in that store too (``fallback_of``).
     """
 
+    timing = "log_seconds"  # in the run's history and results (MLflow gets it a round on)
+
     def __init__(self, uri: str, experiment: str, artifact_root: str | Path,
                  run_dir: str | Path, params: dict, parent_run_id: str | None,
                  note: Callable[[str], None]):

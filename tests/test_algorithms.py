@@ -9,6 +9,7 @@ from rayfed_bpt.algorithms import ClientResult, ClientTask, create_algorithm, li
 from rayfed_bpt.config import ExperimentConfig, TrainConfig, from_dict
 from rayfed_bpt.data import PartitionReader
 from rayfed_bpt.engine import run_reference
+from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.engine.reference import main as reference_main
 from rayfed_bpt.engine.setup import load_clients, sample_clients
 from rayfed_bpt.models import PromptedViT, create_backbone
@@ -148,9 +149,8 @@ def test_same_config_and_seed_same_metrics(part4):
     cfg = small_cfg(part4, "pfedbayespt", rounds=2)
     a = run_reference(cfg, log=None)
     b = run_reference(cfg, log=None)
-    timing = ("round_seconds", "eval_seconds")
-    strip = [{k: v for k, v in m.items() if k not in timing} for m in a]
-    assert strip == [{k: v for k, v in m.items() if k not in timing} for m in b]
+    strip = [{k: v for k, v in m.items() if not is_timing(k)} for m in a]
+    assert strip == [{k: v for k, v in m.items() if not is_timing(k)} for m in b]
     cfg.seed, cfg.train.rounds = 1, 1
     c = run_reference(cfg, log=None)
     assert c[0]["train_loss"] != a[0]["train_loss"]
@@ -178,3 +178,4 @@ def test_reference_command_prints_rounds(part4, capsys):
     assert rc == 0
     assert "round 1/1  loss" in capsys.readouterr().out
     assert reference_main(["--set", "algorithm.name=nope"]) == 2
+

@@ -106,6 +106,8 @@ CASES = [
      "run --resume {tmp}/cutrun", "no readable checkpoint in", 5),
     ("resume-pickle", "--resume on a run holding a pickled checkpoint",
      "run --resume {tmp}/pickled", "never loaded (unpickling a file can run code)", 5),
+    ("resume-pieces-missing", "--resume on a run whose clients' personal states were deleted",
+     "run --resume {tmp}/lostpieces", "personal state piece(s) that are missing", 5),
     ("resume-set", "--resume changing more than tracking.*",
      "run --resume {tmp}/cutrun --set train.rounds=9", "only tracking.* may change", 5),
     ("tracking-down", "a tracking server where nothing listens",
@@ -183,8 +185,27 @@ def _write_broken_inputs(tmp: Path, part: Path) -> None:
     (tmp / "cutrun" / "checkpoint.safetensors").write_bytes(b"\x10\x00\x00")
     (tmp / "cutrun" / "checkpoint.prev.safetensors").write_bytes(b"")
     (tmp / "pickled" / "checkpoint.pt").write_bytes(b"\x80\x04K\x01.")
+    _lost_pieces(tmp / "lostpieces")
     (tmp / "space.yaml").write_text("space:\n  train.lr: {normal: [0, 1]}\n")
     (tmp / "weights.safetensors").write_text("these are notes, not weights\n")
+
+
+def _lost_pieces(run: Path) -> None:
+    """A checkpoint whose one client's personal state (a piece under personal/) is gone."""
+    import shutil
+
+    import torch
+
+    from rayfed_bpt.engine.checkpoint import save_checkpoint
+    from rayfed_bpt.engine.personal_store import PersonalStore
+    from rayfed_bpt.engine.state import RunState
+
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    store = PersonalStore([0])
+    store.put(0, {"head": torch.zeros(2)})
+    save_checkpoint(run, RunState(1, {"w": torch.zeros(1)}, store), {"seed": 0})
+    shutil.rmtree(run / "personal")
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

@@ -15,10 +15,10 @@ from _net import free_port, start_mlflow_server
 
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import load_checkpoint, run_reference
+from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.runtime import run_experiment
 from rayfed_bpt.runtime.faults import paused, release
 
-SKIP = {"round_seconds", "eval_seconds"}
 CLI = [sys.executable, "-m", "rayfed_bpt.cli", "run"]
 
 
@@ -30,7 +30,7 @@ def overrides(part, out, *extra):
 
 
 def strip(history):
-    return [{k: "nan" if v != v else v for k, v in m.items() if k not in SKIP}
+    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
             for m in history]
 
 

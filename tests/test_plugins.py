@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from rayfed_bpt.config import load_config
+from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "fedprox_plugin"
-SKIP = {"round_seconds", "eval_seconds"}
 
 
 def strip(history):
-    return [{k: "nan" if v != v else v for k, v in m.items() if k not in SKIP}
+    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
             for m in history]
 
 

@@ -22,11 +22,10 @@ from rayfed_bpt.engine import (
     run_reference,
     save_checkpoint,
 )
+from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.engine.setup import torch_threads
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.runtime.preflight import config_of_run
-
-SKIP = {"round_seconds", "eval_seconds"}
 
 
 def small(part, *extra):
@@ -38,7 +37,7 @@ def small(part, *extra):
 
 def strip(history):
     """Every metric but the timings; NaN (no global model) made comparable."""
-    return [{k: "nan" if v != v else v for k, v in m.items() if k not in SKIP}
+    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
             for m in history]
 
 

@@ -9,9 +9,8 @@ import ray
 from rayfed_bpt.catalog import pool_names
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import run_reference
+from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.runtime import run_experiment
-
-SKIP = {"round_seconds", "eval_seconds"}
 
 
 def cfg_for(part4, tmp_path, *extra):
@@ -24,7 +23,7 @@ def cfg_for(part4, tmp_path, *extra):
 
 def strip(history):
     """Every metric but the timings; NaN (no global model) made comparable."""
-    return [{k: "nan" if v != v else v for k, v in m.items() if k not in SKIP}
+    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
             for m in history]
 
 

@@ -17,12 +17,11 @@ from rayfed_bpt.data.arrow_io import read_table, write_json, write_table
 from rayfed_bpt.data.holdout import carve_val, val_counts
 from rayfed_bpt.data.schema import images_view, make_table
 from rayfed_bpt.engine import CheckpointWriter, evaluate_run, run_reference
+from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.engine.schedule import train_sizes
 from rayfed_bpt.engine.setup import load_client
 from rayfed_bpt.errors import ConfigError
 from rayfed_bpt.run_folder import RunFolder
-
-SKIP = {"round_seconds", "eval_seconds"}
 
 
 def small(part, *extra):
@@ -34,7 +33,7 @@ def small(part, *extra):
 
 def strip(history):
     """Every metric but the timings; NaN (no global model) made comparable."""
-    return [{k: "nan" if v != v else v for k, v in m.items() if k not in SKIP}
+    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
             for m in history]
 
 
@@ -121,7 +120,7 @@ def test_val_only_run_never_reads_test_rows_and_evaluate_run_reports_test(part4,
     both = run(small(part4), tmp_path / "c")  # eval_test on: the same run, test added
     assert [{k: v for k, v in m.items() if k.startswith("val_")} for m in strip(both)] == \
         [{k: v for k, v in m.items() if k.startswith("val_")} for m in strip(val_only)]
-    last = {k: v for k, v in both[-1].items() if k not in SKIP
+    last = {k: v for k, v in both[-1].items() if not is_timing(k)
             and not k.startswith(("val_", "train_"))  # evaluation only, not training's
             and k not in ("comm_bytes_down", "comm_bytes_up")}
     assert "acc_mean" in last

@@ -106,6 +106,21 @@ def summarize(
     return out
 
 
+def mean_ci95(values, population: int) -> float:
+    """Half-width of the 95 % interval of a population's mean estimated from a simple
+    random sample ``values`` of it (without replacement): Student's t on n - 1 degrees
+    of freedom times the standard error with the finite-population correction, so it
+    is 0 when the sample is the whole population."""
+    from scipy.stats import t as student_t
+
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n < 2:
+        return math.nan
+    fpc = max(0.0, (population - n) / max(1, population - 1))
+    return float(student_t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n) * math.sqrt(fpc))
+
+
 def train_metrics(results) -> dict[str, float]:
     """Sample-weighted means over the round's clients of every local training metric
     (loss and each algorithm's diagnostics: pFedBayesPT's NLL, KL, w(psi_0), sigma,

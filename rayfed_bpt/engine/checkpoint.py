@@ -1,14 +1,21 @@
-"""Checkpoints: a run's whole state after a round, in one safetensors file — never a pickle.
+"""Checkpoints: a run's whole state after a round, as safetensors files — never a pickle.
 
 Run folders live on shared storage; whoever can write one must not get code run
-as whoever resumes it, so a checkpoint is tensors plus JSON, nothing else:
-tensors ``global/<key>`` and ``personal/<client>/<key>``, and in the header's
-metadata the round, every round's metrics, the MLflow run id and the config.
+as whoever resumes it, so a checkpoint is tensors plus JSON, nothing else. It is
+incremental: ``checkpoint.safetensors`` holds the global state (tensors
+``global/<key>``) and, in the header's metadata, the round, every round's
+metrics, the MLflow run id, the config and a manifest of the clients' personal
+states: client -> piece, an immutable file under ``personal/`` named by the
+SHA-256 of its bytes (``engine.personal_store``). A round writes only the pieces
+of the clients it changed; pieces no checkpoint refers to any more are deleted.
+Format 1 (personal tensors inside the file) is still read.
 
 ``checkpoint.safetensors`` is the latest, ``checkpoint.prev.safetensors`` the one
 before. A new checkpoint is written to a temporary file, read back and checked,
 and only then takes the latest's place, so a crash at any moment leaves at least
-one complete checkpoint; a truncated latest falls back to the previous one.
+one complete checkpoint; a truncated latest, or one whose pieces are missing or cut
+short, falls back to the previous one. A piece's bytes are checked against its name
+when it is read.
 
 The reading side of ``checkpoint_round`` needs numpy only: the torch-free entry
 process checks a ``--resume`` folder before Ray starts.
@@ -24,24 +31,28 @@ from pathlib import Path
 from ..data.arrow_io import match_umask
 from ..errors import RayfedError
 from ..run_folder import RunFolder
+from .personal_store import PersonalStore, as_store, piece_path
 from .state import RoundListener, RunState
 
 LATEST, PREVIOUS, LEGACY = RunFolder.CHECKPOINT, RunFolder.PREVIOUS, RunFolder.LEGACY
-FORMAT = "rayfed_bpt.checkpoint/1"
+FORMAT = "rayfed_bpt.checkpoint/2"
+FORMAT_1 = "rayfed_bpt.checkpoint/1"  # personal tensors inside the file: read, not written
 
 
 def save_checkpoint(run_dir: str | Path, state: RunState, config: dict) -> Path:
-    """Write ``state`` as the latest checkpoint; the last one becomes the previous."""
+    """Write ``state`` as the latest checkpoint (the changed clients' pieces, then the
+    global state and manifest); the last one becomes the previous; unreferenced pieces
+    go."""
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    state.personal = store = as_store(state.personal)
+    manifest = store.flush(run_dir / RunFolder.PERSONAL)
     tensors = {f"global/{k}": v.detach().contiguous().clone()
                for k, v in state.global_state.items()}
-    for c, pers in state.personal.items():
-        tensors.update({f"personal/{c}/{k}": v.detach().contiguous().clone()
-                        for k, v in pers.items()})
-    meta = {"format": FORMAT, "round": state.round, "clients": sorted(state.personal),
+    meta = {"format": FORMAT, "round": state.round,
+            "personal": {str(c): list(p) for c, p in sorted(manifest.items())},
             "history": state.history, "mlflow_run_id": state.mlflow_run_id, "config": config}
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
     os.close(fd)
@@ -53,13 +64,35 @@ def save_checkpoint(run_dir: str | Path, state: RunState, config: dict) -> Path:
         if not _reads_back(Path(tmp), state.round, tensors):
             raise RayfedError(f"checkpoint written to {tmp} does not read back")
         latest = run_dir / LATEST
-        if latest.exists() and _readable(latest):  # a damaged latest never displaces prev
+        if _whole(latest) is not None:  # a damaged latest never displaces prev
             os.replace(latest, run_dir / PREVIOUS)
         os.replace(tmp, latest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    previous = _whole(run_dir / PREVIOUS)
+    store.collect(sha for sha, _ in _manifest(previous or {}).values())
     return run_dir / LATEST
+
+
+def _manifest(meta: dict) -> dict[int, tuple[str, int]]:
+    return {int(c): (p[0], int(p[1])) for c, p in meta.get("personal", {}).items()}
+
+
+def _pieces_missing(run_dir: Path, meta: dict) -> list[str]:
+    """The pieces a checkpoint refers to that are not there in full (checked by size; the
+    bytes are checked when a piece is read)."""
+    folder = run_dir / RunFolder.PERSONAL
+    missing = []
+    for sha, size in set(_manifest(meta).values()):
+        path = piece_path(folder, sha)
+        try:
+            ok = path.stat().st_size == size
+        except OSError:
+            ok = False
+        if not ok:
+            missing.append(str(path))
+    return missing
 
 
 def _reads_back(path: Path, round: int, tensors: dict) -> bool:
@@ -71,12 +104,14 @@ def _reads_back(path: Path, round: int, tensors: dict) -> bool:
                 and all(f.get_tensor(k).equal(v) for k, v in tensors.items()))
 
 
-def _readable(path: Path) -> bool:
+def _whole(path: Path) -> dict | None:
+    """The metadata of the checkpoint at ``path`` if it can be resumed from (readable, every
+    piece it refers to there in full), else None."""
     try:
-        _read_meta(path)
+        meta = _read_meta(path) if path.exists() else None
     except RayfedError:
-        return False
-    return True
+        return None
+    return meta if meta is not None and not _pieces_missing(path.parent, meta) else None
 
 
 def _read_meta(path: Path) -> dict:
@@ -92,9 +127,9 @@ def _read_meta(path: Path) -> dict:
     if raw is None:
         raise RayfedError(f"{path} is a safetensors file but not a rayfed_bpt checkpoint")
     meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, FORMAT_1):
         raise RayfedError(f"{path} has checkpoint format {meta.get('format')!r}; this "
-                          f"rayfed-bpt reads {FORMAT!r}")
+                          f"rayfed-bpt reads {FORMAT!r} and {FORMAT_1!r}")
     return meta
 
 
@@ -111,9 +146,15 @@ def _first_readable(run_dir: Path) -> tuple[Path, dict] | None:
     errors = []
     for path in _candidates(run_dir):
         try:
-            return path, _read_meta(path)
+            meta = _read_meta(path)
         except RayfedError as e:
             errors.append(str(e))
+            continue
+        missing = _pieces_missing(run_dir, meta)
+        if not missing:
+            return path, meta
+        errors.append(f"{path} refers to {len(missing)} personal state piece(s) that are "
+                      f"missing or cut short (e.g. {missing[0]})")
     if errors:
         raise RayfedError(f"no readable checkpoint in {run_dir}: {'; '.join(errors)}. Start a "
                           "new run, or restore the folder from a backup.")
@@ -137,15 +178,19 @@ def load_checkpoint(run_dir: str | Path) -> tuple[RunState, dict] | None:
         return None
     path, meta = found
     tensors = load_file(str(path))
-    personal: dict[int, dict] = {int(c): {} for c in meta["clients"]}
     global_state = {}
+    legacy: dict[int, dict] = {int(c): {} for c in meta.get("clients", ())}  # format 1
     for key, t in tensors.items():
         kind, rest = key.split("/", 1)
         if kind == "global":
             global_state[rest] = t
         else:
             c, name = rest.split("/", 1)
-            personal[int(c)][name] = t
+            legacy[int(c)][name] = t
+    personal = PersonalStore(legacy, folder=Path(run_dir) / RunFolder.PERSONAL,
+                             pieces=_manifest(meta))
+    for c, s in legacy.items():
+        personal.put(c, s)  # written as pieces by the next checkpoint
     state = RunState(int(meta["round"]), global_state, personal, meta["history"],
                      meta.get("mlflow_run_id"))
     return state, meta["config"]
@@ -153,6 +198,8 @@ def load_checkpoint(run_dir: str | Path) -> tuple[RunState, dict] | None:
 
 class CheckpointWriter(RoundListener):
     """Writes a checkpoint after every ``checkpoint_every`` rounds and the last one."""
+
+    timing = "checkpoint_seconds"
 
     def __init__(self, run_dir: str | Path, config: dict, every: int, rounds: int):
         self.run_dir, self.config, self.every, self.rounds = Path(run_dir), config, every, rounds

@@ -1,9 +1,12 @@
 """The round engine: the one federated loop, for every runtime.
 
 Per round: sample clients (seeded by the round), let the pool train them,
-aggregate through the algorithm, evaluate every client when the round asks
-for it, then hand the round's metrics to the listeners in order (checkpoint
-first, then tracking, progress, pacing). Plain Python, no Ray: the in-process
+aggregate through the algorithm, evaluate the clients when the round asks for
+it (every client, or a seeded sample: ``train.eval_fraction``), then hand the
+round's metrics to the listeners in order (checkpoint first, then tracking,
+progress, pacing). Each part's seconds are in the metrics (``*_seconds``).
+Personal states live in a ``PersonalStore``: the driver holds those of a
+round's clients, not the population's. Plain Python, no Ray: the in-process
 pool and the Ray actor pool run exactly this loop, so their equality holds by
 construction.
 """
@@ -12,12 +15,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from ..algorithms.base import Algorithm, State
-from ..algorithms.evaluation import ClientEval, split_prefix, summarize, train_metrics
+import numpy as np
+
+from ..algorithms.base import Algorithm, State, seed_for
+from ..algorithms.evaluation import (
+    ClientEval,
+    mean_ci95,
+    split_prefix,
+    summarize,
+    train_metrics,
+)
 from ..config import ExperimentConfig
+from .personal_store import PersonalStore, as_store, resolve_hot
 from .pool import ClientPool
-from .setup import sample_clients
+from .setup import round_half_up, round_size, sample_clients
 from .state import RoundListener, RunState
 
 
@@ -25,21 +38,49 @@ def state_bytes(state: State) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
+def is_timing(key: str) -> bool:
+    """A metric that measures seconds: it differs between two runs of one config."""
+    return key.endswith("_seconds")
+
+
 class Engine:
     def __init__(self, cfg: ExperimentConfig, alg: Algorithm, pool: ClientPool,
                  client_ids: Sequence[int], domain_names: Sequence[str],
-                 listeners: Sequence[RoundListener] = ()):
+                 listeners: Sequence[RoundListener] = (), personal_dir: str | Path | None = None):
         self.cfg = cfg
         self.alg = alg
         self.pool = pool
         self.client_ids = list(client_ids)
         self.domain_names = list(domain_names)
         self.listeners = list(listeners)
+        self.personal_dir = personal_dir  # where spilled personal states go (the run's)
+        self.hot = resolve_hot(cfg.runtime.personal_memory, len(self.client_ids),
+                               round_size(len(self.client_ids), cfg.train))
         self.last_evals: list[ClientEval] = []
 
     def initial_state(self) -> RunState:
         return RunState(0, self.alg.init_global(),
-                        {k: self.alg.init_personal(k) for k in self.client_ids})
+                        PersonalStore(self.client_ids, self.alg.init_personal, self.hot,
+                                      self.personal_dir))
+
+    def adopt(self, state: RunState) -> RunState:
+        """``state`` (new, or read from a checkpoint) with its store bound to this run."""
+        state.personal = as_store(state.personal)
+        state.personal.bind(self.client_ids, self.alg.init_personal, self.hot)
+        return state
+
+    def eval_clients(self, round: int) -> list[int]:
+        """The clients evaluated after round ``round`` (0-based): all, or a seeded share
+        ``train.eval_fraction`` — the same share every time, or a fresh one each
+        evaluation (``train.eval_resample``); the last round all unless
+        ``train.eval_final_all`` is off."""
+        t, n = self.cfg.train, len(self.client_ids)
+        if t.eval_fraction >= 1 or (round + 1 == t.rounds and t.eval_final_all):
+            return self.client_ids
+        m = min(n, max(1, round_half_up(t.eval_fraction * n)))
+        rng = np.random.default_rng(seed_for(self.cfg.seed, "eval",
+                                             round if t.eval_resample else 0))
+        return sorted(np.asarray(self.client_ids)[rng.choice(n, m, replace=False)].tolist())
 
     def evaluates(self, round: int) -> bool:
         """Whether round ``round`` (0-based) ends with an evaluation."""
@@ -53,13 +94,18 @@ class Engine:
                 + (("test",) if self.cfg.train.eval_test else ()))
 
     def evaluate(self, state: RunState, options: dict | None = None,
-                 splits: Sequence[str] | None = None) -> dict[str, float]:
-        """Every client on its own ``splits`` (default ``eval_splits``) in one pass, with
-        its own personal state: test metrics unprefixed, validation ones ``val_``."""
+                 splits: Sequence[str] | None = None,
+                 clients: Sequence[int] | None = None) -> dict[str, float]:
+        """``clients`` (default: all) on their own ``splits`` (default ``eval_splits``) in
+        one pass, each with its own personal state: test metrics unprefixed, validation
+        ones ``val_``. A sample of the clients also reports its size (``eval_clients``)
+        and the 95 % interval's half-width of the client mean (``acc_mean_ci95``)."""
+        self.adopt(state)
         round = max(state.round - 1, 0)
         splits = tuple(splits or self.eval_splits())
-        evals = sorted(self.pool.evaluate(state.global_state, state.personal, round, options,
-                                          splits), key=lambda e: e.client_id)
+        ids = self.client_ids if clients is None else list(clients)
+        evals = sorted(self.pool.evaluate(state.global_state, state.personal.subset(ids),
+                                          round, options, splits), key=lambda e: e.client_id)
         out: dict[str, float] = {}
         for split in splits:
             part = [e for e in evals if e.split == split]
@@ -67,6 +113,10 @@ class Engine:
                 self.last_evals = part
             # options are test-time ones (S, the mean prompt): what is personal stays so
             summary = summarize(part, self.domain_names, self.alg.has_global_model)
+            if len(ids) < len(self.client_ids):
+                summary["eval_clients"] = float(len(ids))
+                summary["acc_mean_ci95"] = mean_ci95(
+                    [e.accuracy for e in part if e.total], len(self.client_ids))
             out.update({split_prefix(split) + k: v for k, v in summary.items()})
         return out
 
@@ -75,19 +125,23 @@ class Engine:
         r = state.round
         t0 = time.perf_counter()
         sampled = sample_clients(len(self.client_ids), self.cfg.train, self.cfg.seed, r)
+        ids = [self.client_ids[i] for i in sampled]
         results = sorted(
-            self.pool.train(state.global_state, {k: state.personal[k] for k in sampled}, r),
+            self.pool.train(state.global_state, {k: state.personal[k] for k in ids}, r),
             key=lambda x: x.client_id)
+        t_train = time.perf_counter()
         down = state_bytes(state.global_state) * len(sampled)
         for res in results:
-            state.personal[res.client_id] = res.personal
+            state.personal.put(res.client_id, res.personal)
         state.global_state = self.alg.aggregate(state.global_state, results, r)
         state.round = r + 1
         m: dict = {"round": r + 1, **train_metrics(results)}
+        t_agg = time.perf_counter()
         if self.evaluates(r):
-            t_eval = time.perf_counter()
-            m.update(self.evaluate(state))
-            m["eval_seconds"] = time.perf_counter() - t_eval
+            m.update(self.evaluate(state, clients=self.eval_clients(r)))
+            m["eval_seconds"] = time.perf_counter() - t_agg
+        m["train_seconds"] = t_train - t0
+        m["aggregate_seconds"] = t_agg - t_train
         m["round_seconds"] = time.perf_counter() - t0
         m["comm_bytes_down"] = float(down)
         m["comm_bytes_up"] = float(sum(state_bytes(x.update) for x in results))
@@ -96,10 +150,14 @@ class Engine:
 
     def run(self, state: RunState) -> RunState:
         """Rounds ``state.round`` .. ``train.rounds``: a new run, or one resumed."""
+        self.adopt(state)
         while state.round < self.cfg.train.rounds:
             m = self.step(state)
             for listener in self.listeners:
+                t = time.perf_counter()
                 listener.on_round(state, m)
+                if listener.timing:  # what it cost, for the listeners after it
+                    m[listener.timing] = m.get(listener.timing, 0.0) + time.perf_counter() - t
         for listener in self.listeners:
             listener.on_finish(state, self)
         return state

@@ -71,13 +71,19 @@ def load_clients(reader: PartitionReader, client_ids, cfg: ExperimentConfig
     return {k: load_client(reader, k, cfg) for k in client_ids}
 
 
+def round_size(num_clients: int, train: TrainConfig) -> int:
+    """How many clients a round samples."""
+    if train.clients_per_round is not None:
+        return min(train.clients_per_round, num_clients)
+    if train.fraction is not None:
+        return max(1, int(round_half_up(train.fraction * num_clients)))
+    return num_clients
+
+
 def sample_clients(num_clients: int, train: TrainConfig, seed: int, round: int) -> list[int]:
     """The clients of ``round``: a seeded choice, independent of any runtime."""
-    if train.clients_per_round is not None:
-        m = min(train.clients_per_round, num_clients)
-    elif train.fraction is not None:
-        m = max(1, int(round_half_up(train.fraction * num_clients)))
-    else:
+    m = round_size(num_clients, train)
+    if train.clients_per_round is None and train.fraction is None:
         return list(range(num_clients))
     rng = np.random.default_rng(seed_for(seed, "sample", round))
     return sorted(rng.choice(num_clients, m, replace=False).tolist())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -15,13 +16,16 @@ class RunState:
 
     round: int  # rounds completed
     global_state: dict
-    personal: dict[int, dict]
+    personal: Mapping[int, dict]  # a PersonalStore (engine.personal_store) once adopted
     history: list[dict] = field(default_factory=list)  # every round's metrics
     mlflow_run_id: str | None = None
 
 
 class RoundListener:
     """Told about every finished round (and the end of the run); no-ops by default."""
+
+    #: the metric its ``on_round`` time is added to (e.g. ``checkpoint_seconds``), if any
+    timing: str | None = None
 
     def on_round(self, state: RunState, metrics: dict) -> None:
         pass

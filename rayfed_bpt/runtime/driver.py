@@ -179,7 +179,8 @@ class Driver:
         if self.paced:
             listeners.append(_Pace(self._go, cfg.train.rounds, cfg.runtime.round_timeout_s))
         engine = Engine(cfg, self.alg, self.pool, self.reader.client_ids,
-                        self.reader.info.domain_names, listeners)
+                        self.reader.info.domain_names, listeners,
+                        personal_dir=RunFolder(self.run_dir).file(RunFolder.PERSONAL))
         state = self.state or engine.initial_state()
         if self.tracker is not None:
             state.mlflow_run_id = self.tracker.start(
