@@ -214,14 +214,18 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 @command("data partition", help="split a dataset into client shards",
-         description="Split a dataset into one Arrow shard per client plus manifest.json. "
-         "Deterministic given dataset, options and seed. The options are the data.* keys "
-         "of a run's config (rayfed-bpt config --reference).")
+         description="Split a dataset into Arrow client shards plus manifest.json: one file "
+         "per client, or (large populations) packs of many clients, one record batch each. "
+         "Deterministic given dataset, options and seed. The options are the data.* "
+         "keys of a run's config (rayfed-bpt config --reference).")
 @arg("--dataset", help="dataset .arrow file, or a built-in name: digits4 (the default) or "
      "digits4+rotate+invert+... (with extra domains), built if missing")
 @schema_options(PartitionConfig)
 @arg("--out", help="output folder (default: <data root>/partitions/<name>)")
 @arg("--overwrite", action="store_true", help="replace an existing folder")
+@arg("--layout", default="auto", choices=("auto", "files", "packed"),
+     help="files: one Arrow file per client; packed: many clients a file; auto (default): "
+     "files for small populations, packed for large (FILES_UP_TO in data/shards.py)")
 @with_args(import_arg)
 def cmd_data_partition(args: argparse.Namespace) -> None:
     from .data import dataset_path, load_dataset, write_partition
@@ -236,7 +240,7 @@ def cmd_data_partition(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     ds = load_dataset(source)
     out = Path(args.out) if args.out else partition_folder(source, cfg)
-    write_partition(ds, cfg, out, overwrite=args.overwrite)
+    write_partition(ds, cfg, out, overwrite=args.overwrite, layout=args.layout)
     print(f"{cfg.num_clients} client shards and manifest.json are in {out} "
           f"({time.perf_counter() - t:.1f}s)")
 

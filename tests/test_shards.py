@@ -173,3 +173,69 @@ def test_parallel_writers_of_one_partition_all_succeed(digits4_path, tmp_path):
         p.join(timeout=60)
     assert got == ["ok"] * 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # no temp folders left
+
+
+@pytest.fixture(scope="module")
+def packed_dir(digits4, tmp_path_factory):
+    """The same partition as ``part_dir``, packed 4 clients a file (2 packs)."""
+    from rayfed_bpt.data import shards
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shards, "PACK", 4)
+        out = tmp_path_factory.mktemp("packed") / "dm"
+        write_partition(digits4, PartitionConfig("domain_mix", num_clients=6, seed=1), out,
+                        layout="packed")
+    return out
+
+
+def test_a_packed_partition_holds_the_same_rows_in_few_files(part_dir, packed_dir):
+    files, packed = PartitionReader(part_dir), PartitionReader(packed_dir)
+    assert packed.layout == "packed" and files.layout == "files"
+    assert sorted(p.name for p in packed_dir.iterdir()) == [
+        "manifest.json", "pack_00000.arrow", "pack_00001.arrow"]
+    packed.verify_all()
+    for k in files.client_ids:
+        a, b = files.load(k), packed.load(k)
+        assert (a.num_train, a.num_test) == (b.num_train, b.num_test)
+        for split in ("train", "test"):
+            for col in ("images", "labels", "domains", "ids"):
+                assert np.array_equal(getattr(a, col)(split), getattr(b, col)(split))
+    before = pa.total_allocated_bytes()
+    images = PartitionReader(packed_dir, verify=False).load(5).images("train")
+    assert pa.total_allocated_bytes() == before  # zero-copy: a view of the mapped pack
+    assert not images.flags.owndata and not images.flags.writeable
+
+
+def test_a_changed_pack_is_named_and_so_is_the_client_whose_rows_changed(packed_dir,
+                                                                       tmp_path):
+    d = _copy(packed_dir, tmp_path / "p")
+    reader = PartitionReader(d)
+    e = reader.entry(5)  # client 5: pack 1, batch 1
+    assert (e["file"], e["batch"]) == ("pack_00001.arrow", 1)
+    pack = d / e["file"]
+    data = bytearray(pack.read_bytes())
+    data[len(data) * 3 // 4] ^= 0xFF  # a byte inside the pack's last client's images
+    pack.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="pack_00001.arrow"):
+        PartitionReader(d).verify_all()
+    bad = [k for k in (4, 5) if _fails(d, k)]
+    assert bad == [5]  # the client whose rows hold the flipped byte, and only it
+    with pytest.raises(DataError, match="client 5's shard"):
+        PartitionReader(d).load(5)
+
+
+def _fails(d, k):
+    try:
+        PartitionReader(d).check_shard(k)
+    except DataError:
+        return True
+    return False
+
+
+def test_auto_layout_packs_large_populations_only():
+    from rayfed_bpt.data.shards import FILES_UP_TO, resolve_layout
+
+    assert resolve_layout("auto", FILES_UP_TO) == "files"
+    assert resolve_layout("auto", FILES_UP_TO + 1) == "packed"
+    with pytest.raises(DataError, match="allowed: auto, files, packed"):
+        resolve_layout("zip", 3)

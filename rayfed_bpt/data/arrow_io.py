@@ -43,15 +43,20 @@ def _tmp_path(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_table(table: pa.Table, path: str | os.PathLike) -> str:
-    """Write ``table`` as one uncompressed IPC file (mmap-friendly); return its sha256."""
+def write_table(table: pa.Table, path: str | os.PathLike, keep_batches: bool = False) -> str:
+    """Write ``table`` as one uncompressed IPC file (mmap-friendly); return its sha256.
+    One record batch, or with ``keep_batches`` the table's own (a pack: one per client)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
-        table = table.combine_chunks()
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+            if keep_batches:
+                for batch in table.to_batches():
+                    writer.write_batch(batch)
+            else:
+                table = table.combine_chunks()
+                writer.write_table(table, max_chunksize=max(table.num_rows, 1))
         digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
