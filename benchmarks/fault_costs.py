@@ -12,6 +12,7 @@ and each faulty run is compared with the same run undisturbed:
 - a tracking URI where nothing listens: seconds to the error.
 
     python benchmarks/fault_costs.py [--work /tmp/rayfed_faults]
+    python benchmarks/fault_costs.py --quick    # smallest: the undisturbed run and actor_exit
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def signal_stop(part: Path, out: Path, name: str, sig: int) -> tuple[float, floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/rayfed_faults")
+    ap.add_argument("--quick", action="store_true", help="only a client actor's exit")
     args = ap.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -93,10 +95,10 @@ def main() -> None:
     clean, _ = timed(base(part, out, "clean"))
     want = history(out / "clean")
     rows = [("none (reference)", clean, 0, True)]
-    for name, fault, every in [("client actor exits in round 2", "actor_exit@2", 1),
-                               ("driver exits after round 2", "driver_exit@2", 1),
-                               ("driver exits after round 3, checkpoint every 2",
-                                "driver_exit@3", 2)]:
+    faults = [("client actor exits in round 2", "actor_exit@2", 1),
+              ("driver exits after round 2", "driver_exit@2", 1),
+              ("driver exits after round 3, checkpoint every 2", "driver_exit@3", 2)]
+    for name, fault, every in faults[:1] if args.quick else faults:
         tag = fault.replace("@", "")
         took, _ = timed(base(part, out, tag, f"runtime.faults=[{fault}]",
                              f"runtime.checkpoint_every={every}"))
@@ -106,6 +108,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, took, again, same in rows:
         print(f"| {name} | {took:.1f} | {took - clean:+.1f} | {again} | {same} |")
+    if args.quick:
+        return
     print("\n| stop | signal to exit s | --resume to the end s | metrics identical |")
     print("|---|---|---|---|")
     for label, sig in [("Ctrl-C after round 2", signal.SIGINT),

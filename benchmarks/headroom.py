@@ -6,16 +6,19 @@ settings, same partitions, seeds and learning rate, and prints the oracle gap (p
 over seeds). A setting whose gap is under 1 point cannot show an instance-wise method
 beating one global prompt: its table says nothing about instance-wise gains.
 
-python benchmarks/headroom.py [--settings domain_mix label_dir0.1] [--seeds 0 1 2]
+python benchmarks/headroom.py [--settings domain_mix8 k_classes] [--seeds 0 1 2]
+python benchmarks/headroom.py --quick --settings domain_mix8 --seeds 0   # smallest
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import run_reference
+from rayfed_bpt.errors import ConfigError
 from rayfed_bpt.experiments import paper_suite
 
 PAIR = ("fedavg_vpt", "oracle_domain_vpt")
@@ -23,16 +26,21 @@ PAIR = ("fedavg_vpt", "oracle_domain_vpt")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--settings", nargs="+", default=["domain_mix8", "k_classes", "domain_mix"])
+    ap.add_argument("--settings", nargs="+", default=["domain_mix8", "k_classes"],
+                    help="settings of the suite")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lr", type=float, default=0.03, help="both methods' rate")
     ap.add_argument("--quick", action="store_true", help="the quick suite's sizes")
     args = ap.parse_args()
     suite = paper_suite(quick=args.quick)
+    try:
+        settings = [suite.setting(name) for name in args.settings]
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     print("| setting | FedAvg-VPT | domain oracle | gap (paired) | headroom |")
     print("|---|---|---|---|---|")
-    for name in args.settings:
-        setting = suite.setting(name)
+    for setting in settings:
+        name = setting.name
         acc: dict[str, list[float]] = {m: [] for m in PAIR}
         for seed in args.seeds:
             for m in PAIR:

@@ -31,8 +31,10 @@ def main() -> None:
     labels, domains = rng.integers(0, C, n), rng.integers(0, D, n)
     splits = np.where(rng.random(n) < 0.2, "test", "train")
     print(f"{n} examples, {args.clients} clients")
+    options = {"dirichlet": {"label_alpha": 0.5}, "k_classes": {"k": 2}}
     for name in ("iid", "dirichlet", "k_classes", "domain", "domain_mix"):
-        cfg = PartitionConfig(name, num_clients=args.clients, min_samples=5)
+        cfg = PartitionConfig(name, num_clients=args.clients, min_samples=5,
+                              **options.get(name, {}))
         t = time.perf_counter()
         partition_indices(cfg, labels, domains, splits == "train", C, D)
         print(f"  assign {name:<11} {time.perf_counter() - t:6.2f} s")

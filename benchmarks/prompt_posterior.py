@@ -6,15 +6,18 @@ entropy credit, Gaussian VI in effect), sigma of the explicit layer beside |psi|
 spread of psi across mixing draws beside its spread across images, the train NLL and
 KL estimate, and the test NLL / ECE beside accuracy.
 
-python benchmarks/prompt_posterior.py [--setting domain_mix] [--seed 1] [--lr 0.03]
+python benchmarks/prompt_posterior.py [--setting domain_mix8] [--seed 1] [--lr 0.03]
+python benchmarks/prompt_posterior.py --quick --seed 0    # smallest: the quick suite's sizes
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import run_reference
+from rayfed_bpt.errors import ConfigError
 from rayfed_bpt.experiments import paper_suite
 
 SHOWN = ("train_w_psi0", "train_sigma_mean", "train_psi_abs_mean", "train_mix_spread",
@@ -23,16 +26,24 @@ SHOWN = ("train_w_psi0", "train_sigma_mean", "train_psi_abs_mean", "train_mix_sp
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--setting", default="domain_mix")
+    ap.add_argument("--setting", default="domain_mix8", help="a setting of the suite")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.03, help="the suite's tuned rate")
     ap.add_argument("--set", nargs="*", default=[], help="more overrides, e.g. "
                     "algorithm.options.init_logvar=0")
+    ap.add_argument("--quick", action="store_true", help="the quick suite's sizes")
     args = ap.parse_args()
-    suite = paper_suite()
-    spec = next(r for r in suite.main_runs({m: args.lr for m in suite.methods})
-                if r.method == "pfedbayespt" and r.setting == args.setting
-                and r.seed == args.seed)
+    suite = paper_suite(quick=args.quick)
+    try:
+        suite.setting(args.setting)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    runs = [r for r in suite.main_runs({m: args.lr for m in suite.methods})
+            if r.method == "pfedbayespt" and r.setting == args.setting]
+    spec = next((r for r in runs if r.seed == args.seed), None)
+    if spec is None:
+        sys.exit(f"error: the suite runs pfedbayespt on {args.setting} with seeds "
+                 f"{sorted(r.seed for r in runs)}, not {args.seed}")
     cfg = load_config(None, [*spec.overrides, *args.set])
     cfg.train.eval_every = 1  # test NLL / ECE every round too
     history = run_reference(cfg, log=None)

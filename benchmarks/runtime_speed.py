@@ -88,9 +88,13 @@ def synthetic_partition(root: Path, m: int, s: int) -> Path:
     n = n_train + n_test
     protos = rng.uniform(0, 255, (10, 8, 8, 3)).repeat(4, 1).repeat(4, 2)
     y = rng.integers(0, 10, n)
-    x = protos[y] * rng.uniform(0.5, 1.5, (n, 1, 1, 1)) + rng.normal(0, 60, (n, 32, 32, 3))
+    x = np.empty((n, 32, 32, 3), np.uint8)
+    for i in range(0, n, 20_000):  # in slices: 10,000 clients' floats would be ~16 GB
+        j = min(n, i + 20_000)
+        x[i:j] = np.clip(protos[y[i:j]] * rng.uniform(0.5, 1.5, (j - i, 1, 1, 1))
+                         + rng.normal(0, 60, (j - i, 32, 32, 3)), 0, 255)
     info = DatasetInfo("synthetic", [str(c) for c in range(10)], ["synthetic"], (32, 32, 3))
-    table = make_table(info, np.clip(x, 0, 255).astype(np.uint8), y, np.zeros(n, np.int64),
+    table = make_table(info, x, y, np.zeros(n, np.int64),
                        np.array(["train"] * n_train + ["test"] * n_test))
     path = save_dataset(table, info, root / "datasets" / f"synthetic-M{m}-S{s}.arrow")
     return write_partition(load_dataset(path), PartitionConfig("iid", num_clients=m,

@@ -160,7 +160,11 @@ class Suite:
                            for s in self.settings))
 
     def setting(self, name: str) -> Setting:
-        return next(s for s in self.settings if s.name == name)
+        for s in self.settings:
+            if s.name == name:
+                return s
+        raise ConfigError(f"the {self.name} suite has no setting {name!r}; it has "
+                          f"{', '.join(s.name for s in self.settings)}")
 
     def _overrides(self, setting: Setting, method: str, seed: int, lr: float,
                    curves: bool) -> tuple[str, ...]:
