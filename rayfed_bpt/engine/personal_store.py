@@ -167,10 +167,13 @@ class PersonalStore(Mapping):
         while self.hot is not None and len(self._memory) > self.hot:
             k, state = self._memory.popitem(last=False)
             if k in self._changed:
-                self.pieces[k] = write_piece(self._spill_folder(), state)
-                self.writes += 1
-                self.bytes_written += self.pieces[k][1]
+                self._write(k, state, self._spill_folder())
                 self._changed.discard(k)
+
+    def _write(self, k: int, state: State, folder: Path) -> None:
+        self.pieces[k] = write_piece(folder, state)
+        self.writes += 1
+        self.bytes_written += self.pieces[k][1]
 
     def _spill_folder(self) -> Path:
         if self.folder is None:  # spilling before any checkpoint chose a folder
@@ -194,9 +197,7 @@ class PersonalStore(Mapping):
             self._cleanup = None
         self.folder = folder
         for k in sorted(self._changed):
-            self.pieces[k] = write_piece(folder, self._memory[k])
-            self.writes += 1
-            self.bytes_written += self.pieces[k][1]
+            self._write(k, self._memory[k], folder)
         self._changed.clear()
         return dict(self.pieces)
 
