@@ -78,7 +78,7 @@ def test_resolve_hot():
     assert resolve_hot(7, 10, 5) == 7
 
 
-@pytest.mark.parametrize("hot", ["1", "auto"])
+@pytest.mark.parametrize("hot", ["1", pytest.param("auto", marks=pytest.mark.slow)])
 def test_resume_with_a_spilling_store_is_bit_identical(hot, part4, tmp_path):
     """Kept Adam state, 4 clients, 2 a round; ``personal_memory=1`` spills all but one
     state to disk between uses (checked: the store wrote pieces before any checkpoint
@@ -202,6 +202,7 @@ def test_the_sample_interval_covers_the_population_mean_95_percent_of_the_time()
     assert mean_ci95(population, len(population)) == 0.0  # the whole population: exact
 
 
+@pytest.mark.slow  # 20 s; the default suite reads packed shards row for row (test_shards)
 def test_a_run_on_a_packed_partition_equals_the_run_on_one_file_per_client(digits4, part4,
                                                                           tmp_path):
     from rayfed_bpt.data import PartitionConfig, PartitionReader, shards, write_partition
