@@ -184,6 +184,14 @@ class NoOptions:
     pass
 
 
+@declare("fedavg_mlp", "fedavg_mlp:FedAvgMLP")
+@dataclass
+class MLPOptions:
+    hidden: int = knob(3120, "hidden width of the MLP head (3120: pFedBayesPT's default "
+                       "trainable parameters, 433,690 against 433,674, on the 128-wide "
+                       "backbone with 10 classes)", bounds=SIZE)
+
+
 @declare("pfedpg", "pfedpg:PFedPG")
 @dataclass
 class PFedPGOptions(VPTOptions):
@@ -194,6 +202,11 @@ class PFedPGOptions(VPTOptions):
     server_steps: int = knob(20, "server gradient steps per round", bounds="[0, 10000]")
 
 
+# controls: what conditioning on x adds (the generator and sigma head see a constant), and
+# what the Bayesian part adds (the same generator, deterministic: no noise, no KL, the mean)
+@declare("pfedbayespt_det", "pfedbayespt:PFedBayesPT", sample=False, beta=0.0,
+         eval_mode="mean")
+@declare("pfedbayespt_nocond", "pfedbayespt:PFedBayesPT", condition="none")
 @declare("pfedbayespt_beta0", "pfedbayespt:PFedBayesPT", beta=0.0)  # ablation: no KL term
 @declare("gaussian_vi", "pfedbayespt:PFedBayesPT", d_eps=0)  # ablation: no implicit mixing
 @declare("pfedbayespt", "pfedbayespt:PFedBayesPT")
@@ -211,6 +224,14 @@ class BayesPTOptions:
                                 "linearly to the L*D prompt (in few dimensions J draws give "
                                 "real entropy credit); unset: over the prompt itself",
                                 bounds="[1, 4096]")
+    condition: str = knob("x", "x: the generator and sigma head see the image's features "
+                          "e(x) | none: a constant (zeros) in their place, the same "
+                          "parameters, noise and bound (a control)", choices=("x", "none"))
+    sample: bool = knob(True, "draw the mixing and explicit-layer noise in training; false: "
+                        "train the mean prompt deterministically (no sigma head; a control)")
+    log_h: str = knob("sampled", "sampled: SIVI's bound over J+1 draws | exact: log h(p|x) "
+                      "over all 2^d_eps Bernoulli atoms (d_eps <= 12)",
+                      choices=("sampled", "exact"))
     sigma: str = knob("feature", "feature: a noise-free head of e(x) | global: one learned "
                       "scale", choices=("feature", "global"))
     init_logvar: float = knob(-4.0, "initial log-variance of the explicit layer")
@@ -218,11 +239,33 @@ class BayesPTOptions:
     beta: float = knob(1e-3, "KL weight", bounds="[0, 1000000]")
     kl_per_dim: bool = knob(True, "divide the KL estimate by L*D")
     beta_warmup_rounds: int = knob(0, "linear warm-up of beta over rounds", bounds=NUMBER)
-    prior: str = knob("standard", "standard: N(0, I) | learnable: centred on a global prompt",
-                      choices=("standard", "learnable"))
+    prior: str = knob("standard", "standard: N(0, I) | learnable: centred on a global prompt "
+                      "| learnable_scale: a global mean and a global per-dimension scale",
+                      choices=("standard", "learnable", "learnable_scale"))
     head: str = knob("shared", "shared: averaged | local: stays with the client (FedPer)",
                      choices=("shared", "local"))
+    client_prompt: bool = knob(False, "a personal offset of the prompt (code) mean per client, "
+                               "with the Gaussian KL of the client's posterior to the global "
+                               "one (pFedBayes-style); stays with the client")
+    client_kl: float = knob(1.0, "weight of that KL per client dataset (divided by the "
+                            "client's train count per example)", bounds="[0, 1000000]")
     eval_samples: int = knob(8, "S: prompt samples averaged at prediction",
                              bounds="[1, 1024]")
     eval_mode: str = knob("mc", "mc: average S samples | mean: the noise-free mean prompt",
                           choices=("mc", "mean"))
+
+    #: the most atoms ``log_h=exact`` enumerates (2^12 generator passes per step)
+    EXACT_MAX_BITS = 12
+
+    def __post_init__(self) -> None:
+        if self.log_h == "exact" and (self.noise != "bernoulli"
+                                      or not 1 <= self.d_eps <= self.EXACT_MAX_BITS):
+            raise ConfigError(
+                f"algorithm.options.log_h=exact enumerates the 2^d_eps Bernoulli atoms: it "
+                f"needs noise=bernoulli and 1 <= d_eps <= {self.EXACT_MAX_BITS} (got "
+                f"noise={self.noise}, d_eps={self.d_eps}); for more bits use log_h=sampled")
+        if not self.sample and (self.beta != 0 or self.eval_mode != "mean"):
+            raise ConfigError(
+                "algorithm.options.sample=false trains a deterministic prompt (no explicit "
+                "layer): it needs beta=0 and eval_mode=mean (got beta="
+                f"{self.beta}, eval_mode={self.eval_mode}); the preset pfedbayespt_det sets both")

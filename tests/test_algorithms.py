@@ -1,6 +1,7 @@
 """Algorithms through the one interface, and the single-process reference loop."""
 
 import hashlib
+import math
 
 import pytest
 import torch
@@ -25,9 +26,14 @@ ALL = [
     "gaussian_vi",
     "pfedbayespt_beta0",
     "oracle_domain_vpt",
+    "fedavg_mlp",
+    "pfedbayespt_nocond",
+    "pfedbayespt_det",
 ]
 # presets of pFedBayesPT, FedAvg-VPT with a personal part, the oracle: learning in -m slow
-SLOW = {"gaussian_vi", "pfedbayespt_beta0", "local", "fedper_vpt", "oracle_domain_vpt"}
+SLOW = {"gaussian_vi", "pfedbayespt_beta0", "local", "fedper_vpt", "oracle_domain_vpt",
+        "pfedbayespt_nocond"}
+HEADS = ("fedavg_linear", "fedavg_mlp")  # no prompt: no prompt_len option
 
 
 def small_cfg(part4, name="pfedbayespt", rounds=3, **train):
@@ -44,7 +50,7 @@ def small_cfg(part4, name="pfedbayespt", rounds=3, **train):
                   **train},
             "algorithm": {
                 "name": name,
-                "options": {"prompt_len": 4} if name != "fedavg_linear" else {},
+                "options": {"prompt_len": 4} if name not in HEADS else {},
             },
         },
     )
@@ -76,6 +82,8 @@ def _digest(module):
         ("fedavg_vpt", ["prompt", "head."], []),
         ("fedrep_vpt", ["prompt", "head."], []),
         ("fedavg_linear", ["head."], []),
+        ("fedavg_mlp", ["head."], []),
+        ("pfedbayespt_det", ["generator.", "head."], []),
         ("pfedpg", ["prompt", "head."], ["generator.", "descriptors"]),
     ],
 )
@@ -179,3 +187,92 @@ def test_reference_command_prints_rounds(part4, capsys):
     assert "round 1/1  loss" in capsys.readouterr().out
     assert reference_main(["--set", "algorithm.name=nope"]) == 2
 
+
+
+def test_controls_cost_what_they_should(pv):
+    """fedavg_mlp is parameter-matched to pFedBayesPT's default (within 10 %); the
+    deterministic control has no explicit layer; the no-conditioning control keeps every
+    parameter; passes per test image count the feature pass and each prompt sample."""
+    train = TrainConfig()
+
+    def alg(name, **o):
+        return create_algorithm(name, pv, 10, train, o)
+
+    full = alg("pfedbayespt")
+    assert alg("fedavg_mlp").model_params() == pytest.approx(full.model_params(), rel=0.10)
+    assert alg("pfedbayespt_nocond").model_params() == full.model_params()
+    det = alg("pfedbayespt_det")
+    assert not any(k.startswith("sigma.") for k in det.initial_state())
+    assert det.model_params() < full.model_params()
+    assert full.backbone_passes() == 1 + full.opts.eval_samples == 9
+    assert full.backbone_passes({"eval_mode": "mean"}) == det.backbone_passes() == 2
+    assert alg("fedavg_vpt").backbone_passes() == alg("fedavg_mlp").backbone_passes() == 1
+
+
+def test_no_conditioning_makes_the_prompt_law_the_same_for_every_image(part4, pv):
+    cfg = small_cfg(part4, "pfedbayespt_nocond")
+    data = load_clients(PartitionReader(part4), [0], cfg)[0]
+    for name, same in (("pfedbayespt_nocond", True), ("pfedbayespt", False)):
+        alg = create_algorithm(name, pv, 10, cfg.train, {"prompt_len": 4})
+        module = alg.load(alg.init_global(), alg.init_personal(0))
+        e = alg.conditioning(alg.features(data, "train")[:8])
+        psi = module.generator(e, module.generator.mean_noise((1, 8)))[0]
+        assert torch.allclose(psi, psi[:1].expand_as(psi)) == same
+
+
+def test_exact_log_h_trains_and_reports_the_mixing_credit(part4):
+    cfg = small_cfg(part4, "pfedbayespt", rounds=1)
+    cfg.algorithm.options.update({"d_eps": 3, "log_h": "exact", "code_dim": 4,
+                                  "kl_per_dim": False, "beta": 0.1,
+                                  "prior": "learnable_scale"})
+    [last] = run_reference(cfg, log=None)
+    assert 0.125 <= last["train_w_psi0"] <= 1.0  # 1/2^3 when the atoms coincide
+    assert 0.0 <= last["train_mix_credit"] <= 3 * math.log(2) + 1e-6
+    assert last["model_params"] > 0 and last["backbone_passes_per_image"] == 9
+
+
+def test_domain_oracle_averages_each_domain_over_the_clients_holding_it(pv):
+    """Hand example: client A holds domain 0 only (30 examples), B domains 0 and 1 (10 +
+    20): prompt 0 = (30 a0 + 10 b0) / 40, prompt 1 = B's alone, prompt 2 (held by no one)
+    unchanged; the head is the sample-weighted FedAvg mean; no count reaches the state."""
+    from rayfed_bpt.algorithms.domain_oracle import COUNTS
+
+    alg = create_algorithm("oracle_domain_vpt", pv, 10, TrainConfig(),
+                           {"prompt_len": 1, "max_domains": 3})
+    g = alg.init_global()
+    shape = g["prompt"].shape
+
+    def client(cid, value, counts, n):
+        upd = {k: torch.full_like(v, float(value)) for k, v in g.items()}
+        upd[COUNTS] = torch.tensor(counts, dtype=torch.float64)
+        return ClientResult(cid, n, upd, {}, {})
+
+    new = alg.aggregate(g, [client(0, 1.0, [30, 0, 0], 30), client(1, 5.0, [10, 20, 0], 30)],
+                        0)
+    assert COUNTS not in new and set(new) == set(g)
+    assert torch.allclose(new["prompt"][0], torch.full(shape[1:], (30 * 1 + 10 * 5) / 40))
+    assert torch.allclose(new["prompt"][1], torch.full(shape[1:], 5.0))
+    assert torch.equal(new["prompt"][2], g["prompt"][2])
+    assert torch.allclose(new["head.weight"], torch.full_like(g["head.weight"], 3.0))
+
+
+def test_client_prompt_stays_home_and_its_kl_is_the_gaussian_one(part4, pv):
+    import numpy as np
+
+    cfg = small_cfg(part4, "pfedbayespt")
+    data = load_clients(PartitionReader(part4), [0], cfg)[0]
+    alg = create_algorithm("pfedbayespt", pv, 10, cfg.train,
+                           {"prompt_len": 2, "client_prompt": True, "head": "local",
+                            "client_kl": 3.0})
+    assert set(alg.init_personal(0)) == {"client_offset", "head.weight", "head.bias"}
+    assert not alg.has_global_model
+    [res] = alg.local_update(alg.init_global(), [ClientTask(0, data, alg.init_personal(0), 0)])
+    assert "client_offset" in res.personal and "client_offset" not in res.update
+    assert res.personal["client_offset"].abs().sum() > 0  # it trained
+    module = alg.load(res.update, res.personal)
+    logvar = torch.randn(5, module.client_offset.numel())
+    got = alg.client_term(module, logvar, data).detach().numpy()
+    d = res.personal["client_offset"].numpy().astype(float)
+    want = [0.5 * np.sum(d ** 2 / np.exp(lv)) * 3.0 / data.num("train")
+            for lv in logvar.numpy().astype(float)]
+    assert np.allclose(got, want, rtol=1e-5)

@@ -46,7 +46,7 @@ def test_same_seed_same_bytes():
     assert not a.equals(c)
 
 
-@pytest.mark.parametrize("kind", ["rotate", "colour", "noise", "invert"])
+@pytest.mark.parametrize("kind", ["rotate", "colour", "noise", "invert", "shift"])
 def test_extra_domains(kind):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -54,6 +54,17 @@ def test_extra_domains(kind):
     assert y.shape == x.shape and y.dtype == np.uint8 and not np.array_equal(x, y)
     if kind == "invert":
         assert np.array_equal(y, 255 - x)
+
+
+def test_shift_is_drawn_per_image_from_continuous_ranges():
+    """The same image shifted twice in one call comes out differently each time (its own
+    draw), and the same seed gives the same bytes."""
+    x = np.zeros((8, 32, 32, 3), np.uint8)
+    x[:, 8:24, 14:18] = 255  # a bar: rotation and hue both show
+    a = transform_domain("shift", x, np.random.default_rng(0))
+    assert len({im.tobytes() for im in a}) == len(a)
+    assert np.array_equal(a, transform_domain("shift", x, np.random.default_rng(0)))
+    assert a.reshape(8, -1, 3).mean(1).std(0).max() > 10  # hues differ across images
 
 
 def test_extra_domain_build_and_bad_name():

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from _net import short_tempdir, stop_ray
+from scipy.stats import ttest_1samp, ttest_rel
 
 from rayfed_bpt.cli import main as cli_main
 from rayfed_bpt.config import load_config
@@ -21,6 +22,8 @@ from rayfed_bpt.engine import run_reference
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.experiments import paper_suite
 from rayfed_bpt.experiments.report import (
+    COSTS,
+    chosen_personal,
     diagnostics_table,
     headline_table,
     rows_by_setting,
@@ -30,7 +33,16 @@ from rayfed_bpt.experiments.report import (
     write_report,
 )
 from rayfed_bpt.experiments.runner import execute
-from rayfed_bpt.experiments.stats import ablation_lines, mean_std, oracle_gap, paired_word, verdict
+from rayfed_bpt.experiments.stats import (
+    ablation_lines,
+    comparisons,
+    holm,
+    mean_std,
+    oracle_gap,
+    paired_test,
+    paired_word,
+    verdict,
+)
 from rayfed_bpt.experiments.store import RunStore
 from rayfed_bpt.experiments.suite import (
     FLAGSHIP,
@@ -59,8 +71,8 @@ def test_paper_suite_compares_methods_fairly(quick):
     assert len(main) == sum(len(s.seeds_of(st, m)) for st in s.settings
                             for m in s.methods_of(st))
     for setting in s.settings:
-        # a setting that runs a subset still has the method, the reference and its baseline
-        assert {FLAGSHIP, "fedavg_vpt", "oracle_domain_vpt"} <= set(s.methods_of(setting))
+        # a setting that runs a subset still has the method, its baseline and its headroom
+        assert {FLAGSHIP, "fedavg_vpt", *setting.headroom} <= set(s.methods_of(setting))
         for m in setting.side_methods:  # cheaper rows: the first of the setting's seeds
             assert m not in (FLAGSHIP, "fedavg_vpt", "oracle_domain_vpt")
             assert s.seeds_of(setting)[: len(s.seeds_of(setting, m))] == s.seeds_of(setting, m)
@@ -89,14 +101,27 @@ def test_paper_suite_compares_methods_fairly(quick):
         extra = {k: v for k, v in _ovr(r).items() if _ovr(base).get(k) != v}
         extra.pop("train.eval_every", None)
         assert extra and all(k.startswith("algorithm.options.") for k in extra)
-    for r in s.variant_runs(LRS):  # an option variant: the main flagship run plus its option
+    variants = s.variant_runs(LRS, "both")  # the options plus the chosen personal part
+    assert {r.study for r in variants} == {v.name for v in s.variants} | {"personal: both"}
+    for r in variants:  # an option variant: the main flagship run plus its option
         base = next(m for m in main if m.method == FLAGSHIP and m.seed == r.seed
                     and m.setting == r.setting)
         extra = {k: v for k, v in _ovr(r).items() if _ovr(base).get(k) != v}
         extra.pop("train.eval_every", None)
-        v = next(v for v in s.variants if v.name == r.study)
+        v = next(v for v in s.all_variants("both") if v.name == r.study)
         assert extra == dict(o.split("=", 1) for o in v.overrides)
-    keys = [run_key(r.overrides, r.final_evals) for r in main + sens + s.variant_runs(LRS)]
+    assert s.variant_runs(LRS, "none") == s.variant_runs(LRS)  # "none" adds no runs
+    # the personal part is chosen on validation at the tune seed: the flagship's tune run
+    # (at its rate) plus exactly the choice's options, on each personal setting
+    select = s.select_runs(LRS)
+    assert len(select) == len(s.personal_choices) * len(s.personal_settings)
+    for r in select:
+        cfg = r.config
+        assert r.seed == s.tune_seed and cfg.data.val_fraction > 0 and not cfg.train.eval_test
+        assert float(_ovr(r)["train.lr"]) == LRS[FLAGSHIP]
+        if r.value == "none":
+            assert not any(k.startswith("algorithm.options.") for k in _ovr(r))
+    keys = [run_key(r.overrides, r.final_evals) for r in main + sens + variants + select]
     assert len(set(keys)) == len(keys)
 
 
@@ -201,6 +226,7 @@ def test_report_statistics_match_hand_computation(tmp_path):
             for i, m in enumerate(METHODS)}
     accs[FLAGSHIP] = flag_acc
     accs["pfedpg"] = pfedpg_acc  # the best baseline (ablations do not count)
+    accs["pfedbayespt_det"] = [0.75 + 0.01 * seed for seed in s.seeds]  # a control, behind
     accs["gaussian_vi"] = [0.95] * 5  # run on 3 seeds only (a side row)
     accs["oracle_domain_vpt"] = oracle_acc  # a reference: never the best baseline
     variants = {f"{k}/{m}": 0.5 for k in s.sample_evals for m in ("acc_mean", "acc_min")}
@@ -212,20 +238,45 @@ def test_report_statistics_match_hand_computation(tmp_path):
     assert flag["acc_ms"][1] == pytest.approx(np.std(flag_acc, ddof=1))
     d = np.array(flag_acc) - np.array(pfedpg_acc)
     v = verdict(rows)
-    # +0.2 with two seeds of five behind, within 2 SE: level, not "beats"
+    # +0.2 with two seeds of five behind: level, not "beats"
     assert "is level with the best baseline** (pFedPG)" in v
-    assert f"{d.mean() * 100:+.1f} ± {d.std(ddof=1) * 100:.1f} sd" in v and "3 of 5)" in v
-    # ablations are compared with the method on the seeds both ran (Gaussian-VI: 3)
-    [vi, beta0] = ablation_lines(rows)
-    assert "is behind Gaussian-VI (d_eps=0)" in vi and "3 seeds (higher in 0 of 3)" in vi
+    assert f"{d.mean() * 100:+.1f} ± {d.std(ddof=1) * 100:.1f} sd" in v and "3 of 5;" in v
+    # the table's family: the best baseline, then each control and ablation, paired on the
+    # seeds both ran (Gaussian-VI: 3), Holm-adjusted together; checked against scipy's
+    # paired t-test and a Holm adjustment written out here
+    family = ["pfedpg", "fedavg_mlp", "pfedbayespt_nocond", "pfedbayespt_det",
+              "gaussian_vi", "pfedbayespt_beta0"]
+    seeds = {m: s.seeds_of(s.setting("domain_mix8"), m) for m in family}
+    ps = [ttest_rel(np.array(flag_acc)[list(seeds[m])],
+                    np.array(accs[m])[list(seeds[m])]).pvalue for m in family]
+    order = np.argsort(ps)
+    adj, run = np.empty(len(ps)), 0.0
+    for rank, i in enumerate(order):
+        run = max(run, min(1.0, (len(ps) - rank) * ps[i]))
+        adj[i] = run
+    tests = comparisons(rows)
+    assert list(tests) == family
+    for m, p, a in zip(family, ps, adj):
+        assert tests[m].p == pytest.approx(p) and tests[m].p_adj == pytest.approx(a)
+    lines = ablation_lines(rows)  # every comparison but the best baseline's
+    assert len(lines) == len(family) - 1
+    vi = next(x for x in lines if "Gaussian-VI" in x)
+    assert "3 seeds (higher in 0 of 3;" in vi
+    word = "is behind" if adj[family.index("gaussian_vi")] < 0.05 else "is level with"
+    assert f"pFedBayesPT {word} Gaussian-VI" in vi
+    beta0 = next(x for x in lines if "beta=0" in x)
     d0 = np.array(flag_acc[:3]) - np.array(accs["pfedbayespt_beta0"][:3])
     assert f"{d0.mean() * 100:+.1f} ± {d0.std(ddof=1) * 100:.1f} sd" in beta0
+    assert f"Holm-adjusted = {adj[family.index('pfedbayespt_beta0')]:.3f}" in beta0
     fedavg = next(r for r in rows if r["method"] == "fedavg_vpt")
     gap = np.array(oracle_acc) - np.array(accs["fedavg_vpt"])
     assert f"{gap.mean() * 100:+.1f} ± {gap.std(ddof=1) * 100:.1f} points" in oracle_gap(rows)
     assert "room for" in oracle_gap(rows)
     fedavg["acc"] = [a - 0.005 for a in oracle_acc]
-    assert "cannot show instance-wise gains" in oracle_gap(rows)
+    assert "cannot show gains of instance-wise prompts" in oracle_gap(rows)
+    k_rows = setting_rows(s, main, "k_classes")  # label skew: the personal head's gap
+    assert "personal-head gap (a personal head − one shared head)" in oracle_gap(
+        k_rows, s.setting("k_classes").headroom)
     # the best cell is bold, ablation or not; a method a setting does not run is n/a
     table = headline_table(s, rows_by_setting(s, main))
     assert "**95.0 ± 0.0** (3 seeds)" in table and "n/a" in table
@@ -250,8 +301,23 @@ def test_report_statistics_match_hand_computation(tmp_path):
     assert tuned_lrs(on_val) == {"fedavg_vpt": 0.03}
     info = {"command": "x", "suite_hash": "h", "wall_seconds": 60.0, "invocations": "1",
             "runs": 3, "run_seconds": 3.0, "machine": "m", "budget": "b", "notes": ""}
-    path = write_report(tmp_path, s, tune, main, sens, tuned_lrs(tune), info)
+    # the personal part: validation picks the highest mean over its settings ("both" here)
+    val = {"none": (0.5, 0.8), "local head": (0.9, 0.7), "client prompt": (0.6, 0.8),
+           "both": (0.92, 0.7)}
+    select = [_rec(st, FLAGSHIP, s.tune_seed, 0.0, "select", "personal", label,
+                   extra={"val_acc_mean": val[label][i]})
+              for label, _ in s.personal_choices for i, st in enumerate(s.personal_settings)]
+    assert chosen_personal(s, select)[0] == "both"
+    variants = [_rec(st, FLAGSHIP, seed, 0.9, "variant", v.name)
+                for v in s.all_variants("both") for st in v.settings
+                for seed in s.seeds_of(s.setting(st), v.name)]
+    path = write_report(tmp_path, s, tune, main, sens, tuned_lrs(tune), info, variants,
+                        select)
     text = path.read_text()
+    assert "| **both** (chosen) | 92.0 | 70.0 | 81.0 |" in text
+    assert "| k_classes | personal: both | 90.0 ±" in text
+    for _, title, _ in COSTS:  # every setting table carries the cost columns
+        assert text.count(f" {title} |") >= len(s.settings)
     for st in s.settings:
         assert f"curves_{st.name}.png" in text
         assert (tmp_path / "figures" / f"domains_{st.name}.png").stat().st_size > 1000
@@ -260,18 +326,39 @@ def test_report_statistics_match_hand_computation(tmp_path):
 
 
 @pytest.mark.parametrize("d, word", [
-    ([0.002, 0.001, 0.004], "beats"),  # every seed agrees, however small
-    ([0.05, 0.06, -0.001, 0.05, 0.055], "beats"),  # one disagrees; mean > 2 SE
-    ([0.02, -0.01, 0.01], "is level with"),  # mean 0.67, 2 SE 1.76
-    ([-0.02, -0.03, -0.01], "is behind"),
-    ([0.5], "is level with"),  # one seed has no spread: never a win
+    ([0.002, 0.001, 0.004], "is level with"),  # every seed agrees, p = 0.13: not enough
+    ([0.05, 0.06, -0.001, 0.05, 0.055], "beats"),  # one disagrees; p = 0.013
+    ([0.02, -0.01, 0.01], "is level with"),
+    ([-0.02, -0.03, -0.01], "is level with"),  # p = 0.074 at 3 seeds
+    ([-0.02, -0.03, -0.025, -0.021], "is behind"),
+    ([0.01, 0.01, 0.01], "beats"),  # no spread at all: certain
+    ([0.5], "is level with"),  # one seed: never a win
 ])
 def test_verdict_rule(d, word):
+    """A verdict needs a paired t-test p below 0.05 (scipy's ttest_1samp decides here)."""
     d = np.asarray(d)
-    assert paired_word(d) == word
-    if len(d) > 1 and not ((d > 0).all() or (d < 0).all()):  # the 2-SE arm, by hand
-        se = np.std(d, ddof=1) / np.sqrt(len(d))
-        assert (abs(d.mean()) > 2 * se) == (word != "is level with")
+    t = paired_test(d)
+    assert t.word == paired_word(d) == word
+    if len(d) > 1 and d.std() > 0:
+        ref = ttest_1samp(d, 0.0)
+        assert t.p == pytest.approx(ref.pvalue)
+        assert (ref.pvalue < 0.05) == (word != "is level with")
+        lo, hi = ref.confidence_interval(0.95)
+        assert t.ci95 == pytest.approx((lo, hi))
+
+
+def test_sign_flip_p_and_holm_against_brute_force():
+    import itertools
+
+    d = np.array([0.03, -0.01, 0.02, 0.04, 0.01])
+    flips = [abs(np.dot(sg, d)) for sg in itertools.product([1, -1], repeat=5)]
+    assert paired_test(d).p_signflip == pytest.approx(
+        sum(f >= abs(d.sum()) - 1e-12 for f in flips) / 32)
+    assert paired_test(np.full(5, 0.01)).p_signflip == pytest.approx(2 / 32)  # its floor
+    # Holm by hand: sorted 0.01, 0.02, 0.04, 0.3 (m = 4) -> 0.04, 0.06, 0.08, 0.3
+    assert holm([0.04, 0.3, 0.01, 0.02]) == pytest.approx([0.08, 0.3, 0.04, 0.06])
+    assert holm([0.5, 0.01]) == pytest.approx([0.5, 0.02])
+    assert math.isnan(holm([math.nan, 0.01])[0]) and holm([math.nan, 0.01])[1] == 0.01
 
 
 def test_experiment_cli_help_and_unknown_suite(capsys):

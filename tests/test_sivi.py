@@ -147,3 +147,65 @@ def test_d_eps_zero_is_gaussian_vi():
     logvar = sig(e)
     p = psi[0] + torch.exp(0.5 * logvar) * torch.randn(3, 12)
     assert torch.allclose(sivi_log_marginal(p, psi, logvar), log_normal_diag(p, psi[0], logvar))
+
+
+# ----- the few-bit layer: log h exact over every Bernoulli atom -------------------------------
+def _independent_log_h(gen, e, p, logvar):
+    """log h(p | x) = log (2^-d sum_k N(p; g(e, eps_k), sigma^2)), computed atom by atom in
+    numpy/scipy from a separately enumerated noise grid (itertools, not ``atoms()``)."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import multivariate_normal
+
+    d = gen.d_eps
+    grid = list(itertools.product((0.0, 1.0), repeat=d))
+    out = []
+    for b in range(len(p)):
+        cov = np.diag(np.exp(logvar[b].detach().numpy()))
+        logs = [multivariate_normal(gen(e[b : b + 1], torch.tensor([bits]))[0].detach().numpy(),
+                                    cov).logpdf(p[b].detach().numpy()) for bits in grid]
+        out.append(np.logaddexp.reduce(logs) - d * math.log(2))
+    return torch.tensor(out)
+
+
+def test_exact_log_h_over_every_atom_matches_an_independent_computation():
+    from rayfed_bpt.models.sivi import atoms_first
+
+    torch.manual_seed(0)
+    gen = ImplicitPromptGenerator(5, 3, d_eps=3, hidden=8, init_scale=1.0)
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(6, 5, generator=g)
+    eps = gen.sample_noise((6,), g)
+    k = gen.atom_index(eps)
+    assert torch.equal(gen.atoms()[k], eps)  # atom_index inverts atoms()
+    psi = atoms_first(gen(e, gen.atoms().unsqueeze(1)), k)  # (8, 6, 3), drawn atom first
+    assert torch.allclose(psi[0], gen(e, eps))
+    # every atom is there once per example, whatever the order
+    full = gen(e, gen.atoms().unsqueeze(1))
+    assert torch.allclose(psi.sort(0).values, full.sort(0).values)
+    logvar = torch.randn(6, 3, generator=g) - 1
+    p = psi[0] + torch.exp(0.5 * logvar) * torch.randn(6, 3, generator=g)
+    ours = sivi_log_marginal(p, psi, logvar)
+    assert torch.allclose(ours, _independent_log_h(gen, e, p, logvar), atol=1e-9)
+
+
+def test_entropy_credit_reaches_the_noise_entropy_only_with_every_atom():
+    """With atoms far apart against sigma, log q(p|psi_0) - log h(p) -> H(eps) = d log 2 when
+    h is exact; the sampled bound with J+1 draws is capped at log(J+1)."""
+    from rayfed_bpt.models.sivi import atoms_first, sivi_diagnostics
+
+    torch.manual_seed(0)
+    d, n = 4, 2000
+    gen = ImplicitPromptGenerator(2, 8, d_eps=d, hidden=32, init_scale=30.0)
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(n, 2, generator=g)
+    logvar = torch.full((n, 8), -12.0)
+    eps = gen.sample_noise((n,), g)
+    psi = atoms_first(gen(e, gen.atoms().unsqueeze(1)), gen.atom_index(eps))
+    p = psi[0] + torch.exp(0.5 * logvar) * torch.randn(n, 8, generator=g)
+    exact = sivi_diagnostics(psi, logvar, p)
+    assert exact["mix_credit"] == pytest.approx(d * math.log(2), rel=1e-3)
+    assert exact["w_psi0"] == pytest.approx(1.0, abs=1e-3)  # atoms separate: p names its atom
+    sampled = sivi_diagnostics(gen(e, gen.sample_noise((5, n), g)), logvar, p)
+    assert sampled["mix_credit"] <= math.log(5) + 1e-9

@@ -100,6 +100,16 @@ class Algorithm:
         finally:
             self.opts = saved
 
+    def model_params(self) -> int:
+        """Every learned number of the model, shared and personal (what a client trains;
+        the cost column beside a score)."""
+        return sum(v.numel() for v in self.initial_state().values())
+
+    def backbone_passes(self, options: dict | None = None) -> int:
+        """Frozen-backbone passes per predicted image under test-time ``options`` (the
+        feature pass e(x) counts): one for a prompt or a head on the features."""
+        return 1
+
     def init_global(self) -> State:
         return {k: v.clone() for k, v in self.initial_state().items() if not self.is_personal(k)}
 

@@ -20,13 +20,15 @@ a noisy deterministic generator: both are registered ablations.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..catalog import BayesPTOptions
 from ..models.generator import ImplicitPromptGenerator, SigmaHead
-from ..models.sivi import reparameterize, sivi_diagnostics, sivi_loss
+from ..models.sivi import atoms_first, reparameterize, sivi_diagnostics, sivi_loss
 from .base import Algorithm, ClientData
 
 
@@ -45,10 +47,15 @@ class BayesPromptModule(nn.Module):
             noise=opts.noise,
             noise_scale=opts.noise_scale,
         )
-        self.sigma = SigmaHead(feat_dim, Z, mode=opts.sigma, init_logvar=opts.init_logvar)
+        if opts.sample:  # the deterministic control has no explicit layer
+            self.sigma = SigmaHead(feat_dim, Z, mode=opts.sigma, init_logvar=opts.init_logvar)
         self.head = nn.Linear(prompt_shape[-1], num_classes)
-        if opts.prior == "learnable":  # (with a code: decoded, the prior is a global prompt)
+        if opts.prior != "standard":  # (with a code: decoded, the prior is a global prompt)
             self.prior_mean = nn.Parameter(torch.zeros(Z))
+        if opts.prior == "learnable_scale":  # made after the rest: their init is unchanged
+            self.prior_logvar = nn.Parameter(torch.zeros(Z))
+        if opts.client_prompt:  # a client's own shift of the posterior's mean (personal)
+            self.client_offset = nn.Parameter(torch.zeros(Z))
         if opts.code_dim:  # made last, so the default (no code) draws the same init
             self.decoder = nn.Linear(Z, P)
             nn.init.zeros_(self.decoder.bias)
@@ -65,7 +72,8 @@ class PFedBayesPT(Algorithm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.opts
-        self.personal_prefixes = ("head.",) if o.head == "local" else ()
+        self.personal_prefixes = (("head.",) if o.head == "local" else ()) + (
+            ("client_offset",) if o.client_prompt else ())
 
     @property
     def prompt_shape(self) -> tuple[int, ...]:
@@ -76,28 +84,79 @@ class PFedBayesPT(Algorithm):
             self.backbone.embed_dim, self.prompt_shape, self.num_classes, self.opts
         )
 
+    def backbone_passes(self, options: dict | None = None) -> int:
+        """The feature pass e(x), then one prompted pass per sample (one for the mean)."""
+        o = replace(self.opts, **(options or {}))
+        return 1 + (1 if o.eval_mode == "mean" else o.eval_samples)
+
     def beta_at(self, round: int) -> float:
         w = self.opts.beta_warmup_rounds
         return self.opts.beta * (min(1.0, (round + 1) / w) if w > 0 else 1.0)
 
+    def conditioning(self, e: torch.Tensor) -> torch.Tensor:
+        """What the generator and the sigma head see: e(x), or (``condition: none``, the
+        control) a constant of the same shape: same parameters, noise and bound."""
+        return torch.zeros_like(e) if self.opts.condition == "none" else e
+
     def step_inputs(self, module, data: ClientData, idx, gen, round):
         o = self.opts
         x = data.x("train", idx, self.backbone)
-        e = self.features(data, "train")[idx]
+        e = self.conditioning(self.features(data, "train")[idx])
         B = len(idx)
-        eps = module.generator.sample_noise((o.J + 1, B), gen)
-        psi = module.generator(e, eps)  # (J+1, B, P); psi[0] makes p
+        y = data.y("train", idx).to(x.device)
+        g = module.generator
+        if not o.sample:  # the deterministic control: the mean prompt, no noise
+            p = self.shift(module, g(e, g.mean_noise((1, B)))[0])
+            rest = (y, p, None, None, 0.0, self.client_term(module, None, data))
+            return x, module.decode(p).view(B, *self.prompt_shape), rest
+        if o.log_h == "exact":  # every atom: log h(p|x) exact, the drawn atom first
+            eps = g.sample_noise((1, B), gen)[0]
+            psi = atoms_first(g(e, g.atoms().unsqueeze(1)), g.atom_index(eps))
+        else:
+            psi = g(e, g.sample_noise((o.J + 1, B), gen))  # (J+1, B, P); psi[0] makes p
+        psi = self.shift(module, psi)
         logvar = module.sigma(e)  # (B, P), shared by every psi_j
         xi = self.randn(psi.shape[1:], gen)
         p = reparameterize(psi[0], logvar, xi)  # the prompt, or its code
-        rest = (data.y("train", idx).to(x.device), p, psi, logvar, self.beta_at(round))
+        rest = (y, p, psi, logvar, self.beta_at(round), self.client_term(module, logvar, data))
         return x, module.decode(p).view(B, *self.prompt_shape), rest
 
+    @staticmethod
+    def shift(module, psi: torch.Tensor) -> torch.Tensor:
+        """The client's offset of the posterior mean (``client_prompt``), or nothing."""
+        return psi + module.client_offset if hasattr(module, "client_offset") else psi
+
+    def client_term(self, module, logvar: torch.Tensor | None, data: ClientData):
+        """KL(N(psi + delta, sigma^2) || N(psi, sigma^2)) = sum delta^2 / (2 sigma^2) per
+        example, weighted by ``client_kl`` / the client's train count: the client's
+        posterior kept near the global one, as in pFedBayes (unit variance without an
+        explicit layer). None without ``client_prompt``."""
+        if not hasattr(module, "client_offset"):
+            return None
+        delta2 = module.client_offset ** 2
+        per = 0.5 * (delta2 if logvar is None else delta2 * torch.exp(-logvar)).sum(-1)
+        return per * (self.opts.client_kl / max(1, data.num("train")))
+
     def step_loss(self, module, feats, rest):
-        y, p, psi, logvar, beta = rest
+        y, p, psi, logvar, beta, client = rest
+        loss, parts = self._bound(module, feats, y, p, psi, logvar, beta)
+        if client is not None:
+            term = client.mean()
+            loss = loss + term
+            parts["client_kl"] = term.detach()
+        return loss, parts
+
+    def _bound(self, module, feats, y, p, psi, logvar, beta):
+        if psi is None:
+            loss = F.cross_entropy(module.head(feats), y)
+            parts = {"nll": loss.detach(), "psi_abs_mean": p.detach().abs().mean()}
+            if len(p) > 1:
+                parts["image_spread"] = p.detach().std(dim=0).mean()
+            return loss, parts
         prior_mean = getattr(module, "prior_mean", 0.0)
+        prior_logvar = getattr(module, "prior_logvar", 0.0)
         loss, parts = sivi_loss(module.head(feats), y, p, psi, logvar, beta, prior_mean,
-                                per_dim=self.opts.kl_per_dim)
+                                per_dim=self.opts.kl_per_dim, prior_logvar=prior_logvar)
         return loss, {**parts, **sivi_diagnostics(psi, logvar, p)}
 
     @torch.no_grad()
@@ -109,12 +168,14 @@ class PFedBayesPT(Algorithm):
         n = data.num(split)
         for i in range(0, n, 256):
             idx = torch.arange(i, min(i + 256, n))
-            x, e = data.x(split, idx, self.backbone), feats[idx]
+            x, e = data.x(split, idx, self.backbone), self.conditioning(feats[idx])
             B = len(idx)
             if o.eval_mode == "mean":
-                prompts = module.decode(module.generator(e, module.generator.mean_noise((1, B))))
+                prompts = module.decode(self.shift(
+                    module, module.generator(e, module.generator.mean_noise((1, B)))))
             else:
-                psi = module.generator(e, module.generator.sample_noise((o.eval_samples, B), gen))
+                psi = self.shift(module, module.generator(
+                    e, module.generator.sample_noise((o.eval_samples, B), gen)))
                 xi = self.randn(psi.shape, gen)
                 prompts = module.decode(reparameterize(psi, module.sigma(e), xi))
             # (S, B, P): on a GPU all S samples go through the backbone as one pass of

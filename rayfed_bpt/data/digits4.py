@@ -13,8 +13,10 @@ Four domains of the ten digits, 32x32 RGB, each with a held-out test split:
 
 ``mnist`` and ``mnistm`` share their source digits; a source digit lies in the
 same split in both, so no test digit is seen in training under another domain.
-Extra domains (``rotate``, ``colour``, ``noise``, ``invert``) are transformed
-copies of ``mnist`` with the same split assignment, for a harder benchmark.
+Extra domains (``rotate``, ``colour``, ``noise``, ``invert``, ``shift``) are transformed
+copies of ``mnist`` with the same split assignment, for a harder benchmark. ``shift``
+draws its shift **per image** from continuous distributions (rotation angle, hue,
+blur, contrast): one prompt per domain cannot follow it, a prompt of x can.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .schema import DatasetInfo, make_table
 
 NAME = "digits4"
 BASE_DOMAINS = ("mnist", "optdigits", "fonts", "mnistm")
-EXTRA_DOMAINS = ("rotate", "colour", "noise", "invert")
+EXTRA_DOMAINS = ("rotate", "colour", "noise", "invert", "shift")
 CLASS_NAMES = [str(i) for i in range(10)]
 SIZE = 32
 
@@ -173,7 +175,33 @@ def transform_domain(kind: str, images: np.ndarray, rng: np.random.Generator) ->
     if kind == "rotate":
         angles = rng.choice([90, 180, 270], len(images))
         return np.stack([np.rot90(im, k=a // 90, axes=(0, 1)) for im, a in zip(images, angles)])
+    if kind == "shift":
+        return np.stack([per_image_shift(im, rng) for im in images])
     raise ConfigError(f"unknown extra domain {kind!r}; allowed: {list(EXTRA_DOMAINS)}")
+
+
+#: the continuous per-image shift: angle (degrees), hue, blur radius (pixels), contrast
+SHIFT_RANGES = {"angle": (-120.0, 120.0), "hue": (0.0, 1.0), "blur": (0.0, 1.5),
+                "contrast": (0.35, 1.0)}
+
+
+def per_image_shift(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One image (32, 32, 3) under its own draw of every shift in ``SHIFT_RANGES``:
+    rotated, tinted with a hue (the digit in that hue, the background its complement),
+    blurred and contrast-reduced around mid-grey."""
+    import colorsys
+
+    from PIL import ImageFilter
+
+    angle, hue, blur, contrast = (rng.uniform(*SHIFT_RANGES[k]) for k in SHIFT_RANGES)
+    img = Image.fromarray(image).rotate(float(angle), resample=Image.BILINEAR)
+    img = img.filter(ImageFilter.GaussianBlur(float(blur)))
+    m = np.asarray(img, np.float32).mean(-1, keepdims=True) / 255
+    fg = np.array(colorsys.hsv_to_rgb(hue, 0.8, 1.0), np.float32) * 255
+    bg = np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.35), np.float32) * 255
+    out = bg * (1 - m) + fg * m
+    out = 127.5 + contrast * (out - 127.5)
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def build_digits4(

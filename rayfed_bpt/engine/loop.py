@@ -118,6 +118,10 @@ class Engine:
                 summary["acc_mean_ci95"] = mean_ci95(
                     [e.accuracy for e in part if e.total], len(self.client_ids))
             out.update({split_prefix(split) + k: v for k, v in summary.items()})
+        # the cost beside the score: what a client holds and trains, and what one
+        # prediction costs (frozen-backbone passes per image, feature pass included)
+        out["model_params"] = float(self.alg.model_params())
+        out["backbone_passes_per_image"] = float(self.alg.backbone_passes(options))
         return out
 
     def step(self, state: RunState) -> dict:

@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from .plots import plot_curves, plot_domains, plot_headline, plot_study
-from .stats import ablation_lines, final, fmt, mean_std, oracle_gap, paired, paired_word, verdict
+from .stats import (
+    ablation_lines,
+    final,
+    fmt,
+    mean_std,
+    oracle_gap,
+    paired,
+    paired_test,
+    paired_word,
+    verdict,
+)
 from .suite import ABLATIONS, FLAGSHIP, LR_FROM, NAMES, REFERENCES, Suite
 
 
@@ -66,8 +76,42 @@ def setting_rows(suite: Suite, main: list[dict], setting: str) -> list[dict]:
             "domains": {d: mean_std(x[f"domain_acc/{d}"] for x in f)
                         for d in domain_names(recs)},
             "seconds": float(np.mean([r["seconds"] for r in recs])),
+            **costs(f),
         })
     return rows
+
+
+#: the cost columns beside the scores: (key in a row, title, the metric it comes from)
+COSTS = (("nll_ms", "test NLL", "nll_mean"), ("ece_ms", "test ECE", "ece_mean"),
+         ("params", "params", "model_params"), ("down", "KB down / round", "comm_bytes_down"),
+         ("up", "KB up / round", "comm_bytes_up"),
+         ("passes", "backbone passes / test image", "backbone_passes_per_image"))
+
+
+def costs(finals: list[dict]) -> dict:
+    """NLL and ECE (mean, std over seeds), then the run's costs (the same on every seed):
+    learned parameters, bytes to and from the round's clients, backbone passes per test
+    image. NaN where a record predates them."""
+    out = {}
+    for key, _, metric in COSTS:
+        values = [x.get(metric, math.nan) for x in finals]
+        out[key] = mean_std(values) if key.endswith("_ms") else (
+            float(np.mean(values)) if values else math.nan)
+    return out
+
+
+def cost_cells(r: dict) -> list[str]:
+    def num(x: float, scale: float = 1.0, digits: int = 0) -> str:
+        return "n/a" if math.isnan(x) else f"{x / scale:,.{digits}f}"
+
+    return [_plain(*r["nll_ms"], 3), _plain(*r["ece_ms"], 3), num(r["params"]),
+            num(r["down"], 1e3, 1), num(r["up"], 1e3, 1), num(r["passes"])]
+
+
+def _plain(m: float, s: float, digits: int) -> str:
+    if math.isnan(m):
+        return "n/a"
+    return f"{m:.{digits}f}" if math.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def plateau(suite: Suite, main: list[dict], setting: str, rows: list[dict]) -> str:
@@ -94,7 +138,7 @@ def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
     doms = list(rows[0]["domains"]) if rows else []
     best = max(r["acc_ms"][0] for r in rows)
     head = ["method", "lr", "seeds", "mean client acc", "min client acc", "global model acc",
-            *doms, "s / run"]
+            *doms, *[t for _, t, _ in COSTS], "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         acc = fmt(*r["acc_ms"])
@@ -104,7 +148,8 @@ def setting_table(rows: list[dict], lrs: dict[str, float]) -> str:
         lines.append("| " + " | ".join([
             NAMES[r["method"]], f"{lr:g}", str(len(r["seeds"])), acc, fmt(*r["min_ms"]),
             fmt(*r["global_ms"]),
-            *[fmt(*r["domains"][d]) for d in doms], f"{r['seconds']:.0f}"]) + " |")
+            *[fmt(*r["domains"][d]) for d in doms], *cost_cells(r),
+            f"{r['seconds']:.0f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -187,24 +232,45 @@ def _delta(x: float) -> str:
 
 
 DIAGNOSTICS = (("train_w_psi0", "w(psi0)"), ("train_sigma_mean", "sigma"),
+               ("train_mix_credit", "entropy credit (nats)"),
                ("train_psi_abs_mean", "mean abs psi"), ("train_mix_spread", "mixing spread"),
                ("train_image_spread", "between-image spread"), ("nll_mean", "test NLL"),
                ("ece_mean", "test ECE"))
 
 
-def diagnostics_table(suite: Suite, main: list[dict], variants: list[dict]) -> str:
+def noise_entropy(rec: dict) -> str:
+    """H(eps) of a pFedBayesPT run's mixing noise, d_eps log 2 nats (Bernoulli bits): the
+    most entropy credit the mixing can earn; n/a for Gaussian noise or none."""
+    from ..catalog import algorithm_options, options_of
+    from ..config import load_config
+
+    given = load_config(None, [*rec["overrides"], f"algorithm.name={rec['method']}"]
+                        ).algorithm.options
+    opts = {**vars(options_of(rec["method"])()), **algorithm_options(rec["method"], given)}
+    d = int(opts["d_eps"])
+    return f"{d * math.log(2):.2f}" if opts["noise"] == "bernoulli" and d else "n/a"
+
+
+def _pval(d) -> str:
+    p = paired_test(d).p
+    return "n/a" if math.isnan(p) else f"{p:.3f}"
+
+
+def diagnostics_table(suite: Suite, main: list[dict], variants: list[dict],
+                      all_variants=None) -> str:
     """Is the Bayesian layer acting? Per setting, pFedBayesPT, its ablations and
     each option variant: the last round's diagnostics (sigma also along the curve seed), mean over
     seeds. w(psi0) = 1 means the semi-implicit bound is Gaussian VI in effect."""
     head = ["setting", "run", "mean client acc", "w(psi0)", "sigma",
-            "sigma along seed 0's curve", *[t for _, t in DIAGNOSTICS[2:]]]
+            "sigma along seed 0's curve", *[t for _, t in DIAGNOSTICS[2:]], "H(eps) (nats)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = [(s.name, NAMES[m], [r for r in main if r["setting"] == s.name
                                   and r["method"] == m])
               for s in suite.settings for m in (FLAGSHIP, *ABLATIONS)]
     groups += [(st, v.name, [r for r in variants if r["study"] == v.name
                              and r["setting"] == st])
-               for v in suite.variants for st in v.settings]
+               for v in (suite.variants if all_variants is None else all_variants)
+               for st in v.settings]
     for setting, label, recs in groups:
         if not recs:
             continue
@@ -220,16 +286,17 @@ def diagnostics_table(suite: Suite, main: list[dict], variants: list[dict]) -> s
         lines.append("| " + " | ".join([
             setting, label, fmt(m("acc_mean")), f"{m('train_w_psi0'):.3f}",
             f"{m('train_sigma_mean'):.3f}", path,
-            *[f"{m(k):.3f}" for k, _ in DIAGNOSTICS[2:]]]) + " |")
+            *[f"{m(k):.3f}" for k, _ in DIAGNOSTICS[2:]], noise_entropy(recs[0])]) + " |")
     return "\n".join(lines)
 
 
 # ----- the document --------------------------------------------------------------------------
-def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[dict]) -> str:
+def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[dict],
+                  all_variants=None) -> str:
     """Each option variant beside the default pFedBayesPT and the best baseline, per setting."""
     lines = ["| setting | pFedBayesPT | mean client acc | min client acc | vs default | "
              "vs best baseline |", "|---|---|---|---|---|---|"]
-    for v in suite.variants:
+    for v in suite.variants if all_variants is None else all_variants:
         for setting in v.settings:
             rows = per[setting]
             base = max((r for m, r in rows.items()
@@ -247,13 +314,41 @@ def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[
                          f"({NAMES[base['method']]}) |")
             lines.append(f"| {setting} | {v.name} | {fmt(*acc)} | {fmt(*mn)} | "
                          f"{_delta(acc[0] - d['acc_ms'][0])} ({paired_word(vs)}: "
-                         f"higher in {int((vs > 0).sum())} of {len(vs)} seeds) | "
+                         f"higher in {int((vs > 0).sum())} of {len(vs)} seeds, "
+                         f"p {_pval(vs)}) | "
                          f"{_delta(acc[0] - base['acc_ms'][0])} |")
     return "\n".join(lines)
 
 
+def chosen_personal(suite: Suite, select: list[dict]) -> tuple[str, dict[str, dict[str, float]]]:
+    """The personal part validation picks: the highest mean over the personal settings of
+    the final validation accuracy (ties to the earlier, simpler choice), and every
+    choice's validation accuracy by setting."""
+    table: dict[str, dict[str, float]] = {label: {} for label, _ in suite.personal_choices}
+    for r in select:
+        table.setdefault(r["value"], {})[r["setting"]] = tune_metric(r)
+    scored = [(label, float(np.mean(list(v.values())))) for label, v in table.items() if v]
+    if not scored:
+        return "", table
+    best = max(scored, key=lambda x: x[1])[1]
+    return next(label for label, score in scored if score == best), table
+
+
+def personal_table(suite: Suite, table: dict[str, dict[str, float]], chosen: str) -> str:
+    sts = suite.personal_settings
+    lines = ["| personal part | " + " | ".join(f"{st} (val)" for st in sts) + " | mean |",
+             "|---|" + "---|" * (len(sts) + 1)]
+    for label, v in table.items():
+        cells = [fmt(v.get(st, math.nan)) for st in sts]
+        mean = fmt(float(np.mean(list(v.values())))) if v else "n/a"
+        name = f"**{label}** (chosen)" if label == chosen else label
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], sens: list[dict],
-                 lrs: dict[str, float], info: dict, variants: list[dict] = ()) -> Path:
+                 lrs: dict[str, float], info: dict, variants: list[dict] = (),
+                 select: list[dict] = ()) -> Path:
     """Write ``out/results.md`` and ``out/figures/*.png``; return the Markdown path."""
     from .suite import config_hash
 
@@ -261,6 +356,8 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
     fig_dir.mkdir(parents=True, exist_ok=True)
     per = rows_by_setting(suite, main)
     rel = fig_dir.relative_to(out)
+    personal, choices = chosen_personal(suite, list(select))
+    all_variants = suite.all_variants(personal)
     md = [f"# Experiments: suite `{suite.name}`", ""]
     md += [
         f"Produced by `{info['command']}` (suite hash `{info['suite_hash']}`, the hash of "
@@ -288,12 +385,20 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
     ]
     for s in suite.settings:
         rows = list(per[s.name].values())
-        gap = oracle_gap(rows)
+        gap = oracle_gap(rows, s.headroom)
         md.append(f"- {s.name}: {verdict(rows)}" + (f" Headroom: {gap}." if gap else ""))
-    md += ["", "Verdict rule: *beats* only when every seed agrees or the paired mean exceeds "
-           "2 standard errors; *is behind* symmetrically; otherwise *is level with*. The "
-           "domain oracle reads each image's domain label, which no client has at test time: "
-           "an upper reference for instance-wise prompts, not a baseline."]
+    md += ["", "Verdict rule: in each setting pFedBayesPT is compared, paired by seed, with "
+           "the best baseline and with each control and ablation it runs beside; each "
+           "comparison's two-sided paired t-test p is Holm-adjusted across that setting's "
+           "comparisons, and *beats* (or *is behind*) needs an adjusted p below 0.05, "
+           "otherwise *is level with* (one seed is always level). The sign-flip test is "
+           "not used for the verdict: with 5 seeds its smallest two-sided p is 2/32 = 0.0625. "
+           "The domain oracle reads each image's domain label, which no client has at test "
+           "time: an upper reference for instance-wise prompts, not a baseline; under label "
+           "skew the headroom is the personal head's gap (FedPer-VPT − FedAvg-VPT). Cost "
+           "columns: test NLL and ECE (15 bins), learned parameters (shared and personal), "
+           "kilobytes sent to and from the round's clients, and frozen-backbone passes per "
+           "test image (the feature pass e(x) included)."]
     md += ["", f"![headline]({rel}/headline.png)", ""]
     plot_headline(fig_dir / "headline.png", suite, per)
     for s in suite.settings:
@@ -306,7 +411,8 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
                f"`{' '.join((*suite.common, *s.overrides))}`.", "",
                setting_table(rows, lrs), "", verdict(rows), "",
                *ablation_lines(rows),
-               *(["", f"Headroom: {oracle_gap(rows)}."] if oracle_gap(rows) else []),
+               *(["", f"Headroom: {oracle_gap(rows, s.headroom)}."]
+                 if oracle_gap(rows, s.headroom) else []),
                "", plateau(suite, main, s.name, rows), ""]
         plot_curves(fig_dir / f"curves_{s.name}.png", suite, main, s.name, s.title)
         plot_domains(fig_dir / f"domains_{s.name}.png", rows, s.title)
@@ -324,7 +430,7 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
            "**mixing spread**, how far psi moves across noise draws for one image, against "
            "the **between-image spread**; test NLL and ECE at the end (n/a in the "
            "diagnostics of methods without them).", "",
-           diagnostics_table(suite, main, list(variants)), ""]
+           diagnostics_table(suite, main, list(variants), all_variants), ""]
     s_seeds = len(suite.seeds_of(suite.setting(suite.sensitivity_setting)))
     md += ["## Sensitivity of pFedBayesPT", "",
            f"Setting `{suite.sensitivity_setting}`, " + (
@@ -340,11 +446,19 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         fname = "sensitivity_" + "".join(c if c.isalnum() else "_" for c in name) + ".png"
         plot_study(fig_dir / fname, rows, titles[name])
         md += [f"### {titles[name]}", "", study_table(rows), "", f"![{name}]({rel}/{fname})", ""]
-    if suite.variants:
+    if suite.personal_choices:
+        md += ["## pFedBayesPT's personal part, chosen on validation", "",
+               f"pFedBayesPT at its tuned rate with each personal part, on the validation "
+               f"split of partition and training seed {suite.tune_seed} (which no table uses) "
+               f"of {', '.join(f'`{st}`' for st in suite.personal_settings)}; the highest mean "
+               "is run on every seed below as the variant `personal: <choice>`.", "",
+               personal_table(suite, choices, personal), ""]
+    if all_variants:
         md += ["## pFedBayesPT options beside the default", "",
-               *[f"- **{v.name}**: {v.title}" for v in suite.variants], "",
-               "The default's seeds, otherwise the main table's runs.",
-               "", variant_table(suite, per, list(variants)), ""]
+               *[f"- **{v.name}**: {v.title}" for v in all_variants], "",
+               "The variant's seeds (paired with the default on those), otherwise the main "
+               "table's runs; the verdicts' p are the paired t-test's, unadjusted.",
+               "", variant_table(suite, per, list(variants), all_variants), ""]
     md += ["## Learning-rate tuning", "",
            f"Final mean client accuracy (%) on each client's **validation** split (a "
            f"stratified {suite.tune_val_fraction:g} of its training examples; the test split "

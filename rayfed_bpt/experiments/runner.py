@@ -85,7 +85,7 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     from ..runtime.launch import init_ray
     from ..runtime.signals import sigterm_as_interrupt, stop_signal
     from ..tracking import Tracker, resolve_tracking_uri, ui_command
-    from .report import tuned_lrs, write_report
+    from .report import chosen_personal, tuned_lrs, write_report
     from .suite import SUITES, config_hash
 
     if name not in SUITES:
@@ -111,8 +111,12 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
             tune = execute(suite.tune_runs(), store, child, parent_id, log)
             lrs = tuned_lrs(tune)
             log("tuned learning rates: " + ", ".join(f"{m} {v:g}" for m, v in lrs.items()))
+            select = execute(suite.select_runs(lrs), store, child, parent_id, log)
+            personal, _ = chosen_personal(suite, select)
+            if personal:
+                log(f"personal part chosen on validation: {personal}")
             main_specs, sens_specs = suite.main_runs(lrs), suite.sensitivity_runs(lrs)
-            var_specs = suite.variant_runs(lrs)
+            var_specs = suite.variant_runs(lrs, personal)
             log(f"stage 2/2: {len(main_specs)} main runs, {len(sens_specs)} sensitivity "
                 f"runs, {len(var_specs)} option-variant runs")
             done = execute(main_specs + sens_specs + var_specs, store, child, parent_id, log)
@@ -131,7 +135,7 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     main, sens = done[:n_main], done[n_main : n_main + n_sens]
     variants = done[n_main + n_sens :]
     wall = time.perf_counter() - t0
-    records = tune + main + sens + variants
+    records = tune + select + main + sens + variants
     keys = sorted({r["key"] for r in records})
     history = store.log_invocation(wall, store.written)
     working = [h for h in history if h["computed"] > 0] or history[-1:]
@@ -147,7 +151,7 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
         "budget": suite.budget,
         "notes": suite.notes,
     }
-    path = write_report(report_dir, suite, tune, main, sens, lrs, info, variants)
+    path = write_report(report_dir, suite, tune, main, sens, lrs, info, variants, select)
     if parent is not None:
         parent.log_metrics({"wall_seconds": wall, "runs": len(keys)}, step=0)
         parent.log_artifacts(report_dir)

@@ -4,11 +4,13 @@ oracle's headroom). Plain numpy; checked against hand computations in the tests.
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .suite import ABLATIONS, FLAGSHIP, NAMES, REFERENCES
+from .suite import ABLATIONS, CONTROLS, FLAGSHIP, NAMES, REFERENCES
 
 
 def final(rec: dict) -> dict:
@@ -29,18 +31,78 @@ def fmt(m: float, s: float = math.nan) -> str:
     return f"{m * 100:.1f}" if math.isnan(s) else f"{m * 100:.1f} ± {s * 100:.1f}"
 
 
-def paired_word(d: np.ndarray) -> str:
-    """The verdict rule on paired (per-seed) differences: "beats" only when every seed
-    agrees or the mean exceeds 2 standard errors (and there are at least 2 seeds),
-    "is behind" symmetrically, "is level with" otherwise."""
-    if len(d) < 2:
-        return "is level with"
-    se = d.std(ddof=1) / math.sqrt(len(d))
-    if (d > 0).all() or d.mean() > 2 * se:
-        return "beats"
-    if (d < 0).all() or d.mean() < -2 * se:
-        return "is behind"
-    return "is level with"
+ALPHA = 0.05  # a verdict other than "level" needs a Holm-adjusted paired p below this
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Per-seed differences a - b and what they say: the mean with its 95 % t interval,
+    the two-sided paired t-test's p, the exact sign-flip p (with 5 seeds it cannot go
+    below 2/32 = 0.0625, which is why the verdict reads the t-test), and ``p_adj``, the
+    p after Holm's correction across the comparisons it was made with."""
+
+    d: np.ndarray
+    p: float
+    p_signflip: float
+    ci95: tuple[float, float]
+    p_adj: float = math.nan
+
+    @property
+    def mean(self) -> float:
+        return float(self.d.mean()) if len(self.d) else math.nan
+
+    @property
+    def word(self) -> str:
+        """"beats" / "is behind" only at an adjusted p below ``ALPHA`` (the unadjusted p
+        when the test stands alone); "is level with" otherwise, and always with one seed."""
+        p = self.p if math.isnan(self.p_adj) else self.p_adj
+        if len(self.d) < 2 or not p < ALPHA:
+            return "is level with"
+        return "beats" if self.mean > 0 else "is behind"
+
+
+def paired_test(d) -> PairedTest:
+    """The paired t-test and the sign-flip test of ``d`` (per-seed differences) against 0."""
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n < 2:
+        return PairedTest(d, math.nan, math.nan, (math.nan, math.nan))
+    from scipy.stats import t as student_t
+
+    se = d.std(ddof=1) / math.sqrt(n)
+    half = float(student_t.ppf(0.975, n - 1) * se)
+    if se == 0:  # identical differences: certain unless they are all zero
+        p = 1.0 if d.mean() == 0 else 0.0
+    else:
+        p = float(2 * student_t.sf(abs(d.mean()) / se, n - 1))
+    return PairedTest(d, p, signflip_p(d), (d.mean() - half, d.mean() + half))
+
+
+def signflip_p(d) -> float:
+    """Exact two-sided sign-flip (permutation) p of the mean: the share of the 2^n sign
+    patterns whose |mean| is at least the observed one."""
+    d = np.asarray(d, dtype=float)
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    flipped = np.abs(signs @ d)
+    return float(np.mean(flipped >= abs(d.sum()) - 1e-12))
+
+
+def holm(ps) -> list[float]:
+    """Holm's step-down adjustment of p-values (family-wise error), in the given order:
+    the k-th smallest p times (m - k + 1), made monotone, capped at 1; NaNs left out."""
+    ps = list(ps)
+    idx = [i for i in sorted(range(len(ps)), key=lambda i: ps[i]) if not math.isnan(ps[i])]
+    out = [math.nan] * len(ps)
+    running = 0.0
+    for k, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - k) * ps[i]))
+        out[i] = running
+    return out
+
+
+def paired_word(d) -> str:
+    """The verdict of one comparison standing alone (the unadjusted paired t-test)."""
+    return paired_test(d).word
 
 
 def paired(a: dict, b: dict) -> np.ndarray:
@@ -50,42 +112,82 @@ def paired(a: dict, b: dict) -> np.ndarray:
                        for s in seeds])
 
 
-def paired_text(d: np.ndarray) -> str:
+def paired_text(t: PairedTest) -> str:
+    d = t.d
     spread = f" ± {d.std(ddof=1) * 100:.1f} sd" if len(d) > 1 else ""
-    return (f"paired difference {d.mean() * 100:+.1f}{spread} points over {len(d)} seeds "
-            f"(higher in {int((d > 0).sum())} of {len(d)})")
+    text = (f"paired difference {t.mean * 100:+.1f}{spread} points over {len(d)} seeds "
+            f"(higher in {int((d > 0).sum())} of {len(d)}")
+    if len(d) < 2:
+        return text + ")"
+    lo, hi = t.ci95
+    adj = "" if math.isnan(t.p_adj) else f", Holm-adjusted {_p(t.p_adj)}"
+    return text + f"; 95 % CI [{lo * 100:+.1f}, {hi * 100:+.1f}]; t-test p {_p(t.p)}{adj})"
+
+
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def best_baseline(rows: list[dict]) -> str | None:
+    """The baseline with the highest mean accuracy: neither pFedBayesPT, nor one of its
+    ablations, nor a reference (the domain oracle)."""
+    base = [r for r in rows if r["method"] not in (FLAGSHIP, *ABLATIONS, *REFERENCES)]
+    return max(base, key=lambda r: r["acc_ms"][0])["method"] if base else None
+
+
+def comparisons(rows: list[dict]) -> dict[str, PairedTest]:
+    """pFedBayesPT against the best baseline, each control and each ablation present in a
+    setting's table, paired by seed, Holm-adjusted together: the table's family."""
+    by = {r["method"]: r for r in rows}
+    if FLAGSHIP not in by:
+        return {}
+    others = dict.fromkeys(m for m in (best_baseline(rows), *CONTROLS, *ABLATIONS)
+                           if m in by and m != FLAGSHIP)
+    tests = {m: paired_test(paired(by[FLAGSHIP], by[m])) for m in others}
+    adjusted = holm([t.p for t in tests.values()])
+    return {m: replace(t, p_adj=a) for (m, t), a in zip(tests.items(), adjusted)}
 
 
 def ablation_lines(rows: list[dict]) -> list[str]:
-    """pFedBayesPT against each of its ablations in a setting, paired by seed."""
-    by = {r["method"]: r for r in rows}
-    if FLAGSHIP not in by:
-        return []
-    return [f"- pFedBayesPT {paired_word(d)} {NAMES[m]}: {paired_text(d)}."
-            for m in ABLATIONS if m in by for d in [paired(by[FLAGSHIP], by[m])]]
+    """pFedBayesPT against each control and ablation of a setting (not the best baseline:
+    ``verdict`` says that one), with the table's Holm-adjusted p."""
+    tests = comparisons(rows)
+    best = best_baseline(rows)
+    return [f"- pFedBayesPT {t.word} {NAMES[m]}: {paired_text(t)}."
+            for m, t in tests.items() if m != best]
 
 
 def verdict(rows: list[dict]) -> str:
-    """pFedBayesPT against the best baseline (ablations and references are not
-    baselines), paired by seed, by the rule of ``paired_word``."""
-    flag = next((r for r in rows if r["method"] == FLAGSHIP), None)
-    base = [r for r in rows if r["method"] not in (FLAGSHIP, *ABLATIONS, *REFERENCES)]
-    if flag is None or not base:
+    """pFedBayesPT against the best baseline, paired by seed: "beats" only at a
+    Holm-adjusted p below ``ALPHA`` (adjusted with the table's other comparisons)."""
+    best = best_baseline(rows)
+    t = comparisons(rows).get(best) if best else None
+    if t is None:
         return ""
-    best = max(base, key=lambda r: r["acc_ms"][0])
-    d = paired(flag, best)
-    return (f"**pFedBayesPT {paired_word(d)} the best baseline** ({NAMES[best['method']]}): "
-            f"{paired_text(d)}.")
+    return f"**pFedBayesPT {t.word} the best baseline** ({NAMES[best]}): {paired_text(t)}."
 
 
-def oracle_gap(rows: list[dict]) -> str:
-    """The headroom of a setting: the domain oracle minus FedAvg-VPT, paired by seed."""
+HEADROOM_WORDS = {"oracle_domain_vpt": "one prompt per known domain − one global prompt",
+                  "fedper_vpt": "a personal head − one shared head"}
+
+
+def oracle_gap(rows: list[dict], pair: tuple[str, str] = ("oracle_domain_vpt", "fedavg_vpt")
+               ) -> str:
+    """The headroom of a setting: its upper reference minus what it extends (the domain
+    oracle - FedAvg-VPT; under label skew FedPer-VPT - FedAvg-VPT), paired by seed, with
+    its 95 % interval (an estimate of room, not a verdict: not in the Holm family)."""
     by = {r["method"]: r for r in rows}
-    if "oracle_domain_vpt" not in by or "fedavg_vpt" not in by:
+    top, base = pair
+    if top not in by or base not in by:
         return ""
-    d = paired(by["oracle_domain_vpt"], by["fedavg_vpt"])
+    t = paired_test(paired(by[top], by[base]))
+    d = t.d
     spread = f" ± {d.std(ddof=1) * 100:.1f}" if len(d) > 1 else ""
-    room = ("under 1 point: this setting **cannot show instance-wise gains**"
-            if d.mean() < 0.01 else "room for instance-wise prompts")
-    return (f"oracle gap (one prompt per known domain − one global prompt) "
-            f"{d.mean() * 100:+.1f}{spread} points: {room}")
+    ci = (f" (95 % CI [{t.ci95[0] * 100:+.1f}, {t.ci95[1] * 100:+.1f}], p {_p(t.p)})"
+          if len(d) > 1 else "")
+    what = "instance-wise prompts" if top == "oracle_domain_vpt" else "a personal part"
+    room = (f"under 1 point: this setting **cannot show gains of {what}**"
+            if d.mean() < 0.01 else f"room for {what}")
+    words = HEADROOM_WORDS.get(top, f"{NAMES[top]} − {NAMES[base]}")
+    name = "oracle gap" if top == "oracle_domain_vpt" else "personal-head gap"
+    return f"{name} ({words}) {d.mean() * 100:+.1f}{spread} points{ci}: {room}"

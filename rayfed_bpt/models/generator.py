@@ -58,8 +58,23 @@ class ImplicitPromptGenerator(nn.Module):
             device=device if device is not None else self.net[0].weight.device,
         )
 
+    def atoms(self, device=None) -> torch.Tensor:
+        """Every Bernoulli noise value (2^d_eps, d_eps): row k holds k's bits, lowest first
+        (so ``atom_index`` inverts it)."""
+        k = torch.arange(2 ** self.d_eps)
+        bits = (k.unsqueeze(1) >> torch.arange(self.d_eps)) & 1
+        w = self.net[0].weight
+        return bits.to(w.dtype).to(device if device is not None else w.device)
+
+    @staticmethod
+    def atom_index(eps: torch.Tensor) -> torch.Tensor:
+        """The row of ``atoms()`` that a Bernoulli noise draw ``eps`` (..., d_eps) is."""
+        weights = 2 ** torch.arange(eps.shape[-1], device=eps.device)
+        return (eps.long() * weights).sum(-1)
+
     def forward(self, feat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        feat = feat.expand(*eps.shape[:-1], feat.shape[-1])
+        lead = torch.broadcast_shapes(feat.shape[:-1], eps.shape[:-1])
+        feat, eps = feat.expand(*lead, feat.shape[-1]), eps.expand(*lead, eps.shape[-1])
         return self.net(torch.cat([feat, eps], dim=-1))
 
 
