@@ -266,7 +266,7 @@ def diagnostics_table(suite: Suite, main: list[dict], variants: list[dict],
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = [(s.name, NAMES[m], [r for r in main if r["setting"] == s.name
                                   and r["method"] == m])
-              for s in suite.settings for m in (FLAGSHIP, *ABLATIONS)]
+              for s in suite.settings for m in (FLAGSHIP, *ABLATIONS, "pfedbayespt_det")]
     groups += [(st, v.name, [r for r in variants if r["study"] == v.name
                              and r["setting"] == st])
                for v in (suite.variants if all_variants is None else all_variants)
@@ -373,8 +373,8 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         "per-domain columns pool all clients' test examples of that domain, **global model "
         "acc** the shared model on the pooled test set (n/a for methods with personal state). "
         "Same partitions, backbone (`rfbpt_vit_digits`, frozen), rounds and local epochs for "
-        "every method; each method at its tuned learning rate (the two ablations at "
-        "pFedBayesPT's).",
+        "every method; each method at its tuned learning rate (pFedBayesPT's ablations at "
+        "pFedBayesPT's, the domain oracle at FedAvg-VPT's).",
         "",
         "Budget (2 CPU cores, one core per run): " + info["budget"],
         "",
