@@ -11,10 +11,19 @@ Each client maximizes, per example, the SIVI bound with J extra draws
     psi_0..psi_J ~ q_phi(psi | x),  p = psi_0 + sigma(x) * xi
     L = log p(y | x, p) - beta * (log h_hat(p | x) - log p(p)) [/ P]
 
-and the server averages the generator, the sigma head and the head (the head
-may stay local). Prediction averages the softmax over S prompt samples, or
-uses the mean prompt. ``d_eps = 0`` is Gaussian (mean-field) VI; ``beta = 0``
-a noisy deterministic generator: both are registered ablations.
+and the server averages the generator, the sigma head and the head. Prediction
+averages the softmax over S prompt samples, or uses the mean prompt.
+
+Options that isolate the parts (registered presets in ``catalog``): ``d_eps = 0`` is
+Gaussian (mean-field) VI; ``beta = 0`` a noisy generator without the KL;
+``condition: none`` feeds the generator and sigma head a constant instead of e(x)
+(what conditioning on x adds); ``sample: false`` trains the mean prompt
+deterministically (what the Bayesian part adds). ``log_h: exact`` replaces the J+1
+draws by every one of the 2^d_eps Bernoulli atoms (few bits): log h(p|x) is then
+exact, and the bound can credit the mixing with up to H(eps) = d_eps log 2 nats
+instead of log(J+1). The personal part: ``head: local`` keeps the head with the
+client; ``client_prompt`` gives each client an offset of the posterior mean with the
+Gaussian KL of its posterior to the global one (pFedBayes-style).
 """
 
 from __future__ import annotations
