@@ -114,7 +114,8 @@ def test_low_dimensional_code_bound_matches_an_independent_computation(digits4_p
     idx = torch.arange(12)
     with torch.no_grad():
         x, prompt, rest = alg.step_inputs(module, data, idx, gen, 0)
-        y, z, psi, logvar, beta = rest
+        y, z, psi, logvar, beta, client = rest
+        assert client is None  # no client_prompt: no personal KL term
         assert z.shape == (12, 8) and psi.shape == (4, 12, 8)
         assert torch.equal(prompt.reshape(12, -1), module.decoder(z))  # linear decoding
         loss, parts = alg.step_loss(module, alg.backbone(x, prompt), rest)
