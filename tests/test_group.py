@@ -8,10 +8,13 @@ client with its own generator, optimizer and data order.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 
 from rayfed_bpt.algorithms import ClientData, ClientTask, create_algorithm, list_algorithms
+from rayfed_bpt.catalog import options_of
 from rayfed_bpt.config import TrainConfig
 from rayfed_bpt.data import PartitionConfig, PartitionReader, write_partition
 from rayfed_bpt.models import PromptedViT, create_backbone
@@ -42,7 +45,8 @@ def test_a_group_equals_its_clients_one_by_one(name, setup):
 
 
 def check_group(name, backbone, datas):
-    options = {} if name == "fedavg_linear" else {"prompt_len": 3}
+    has_prompt = "prompt_len" in {f.name for f in fields(options_of(name))}
+    options = {"prompt_len": 3} if has_prompt else {}
     train = TrainConfig(local_epochs=2, batch_size=32, lr=0.02)
     alg = create_algorithm(name, backbone, 10, train, options, seed=5, num_clients=3)
     assert len({d.num("train") for d in datas.values()}) == 3

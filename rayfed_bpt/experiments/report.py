@@ -244,7 +244,7 @@ def noise_entropy(rec: dict) -> str:
     from ..catalog import algorithm_options, options_of
     from ..config import load_config
 
-    given = load_config(None, [*rec["overrides"], f"algorithm.name={rec['method']}"]
+    given = load_config(None, [*rec.get("overrides", ()), f"algorithm.name={rec['method']}"]
                         ).algorithm.options
     opts = {**vars(options_of(rec["method"])()), **algorithm_options(rec["method"], given)}
     d = int(opts["d_eps"])
