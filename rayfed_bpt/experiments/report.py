@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,11 @@ from .stats import (
     ablation_lines,
     final,
     fmt,
+    holm,
     mean_std,
     oracle_gap,
     paired,
     paired_test,
-    paired_word,
     verdict,
 )
 from .suite import ABLATIONS, FLAGSHIP, LR_FROM, NAMES, REFERENCES, Suite
@@ -251,8 +252,7 @@ def noise_entropy(rec: dict) -> str:
     return f"{d * math.log(2):.2f}" if opts["noise"] == "bernoulli" and d else "n/a"
 
 
-def _pval(d) -> str:
-    p = paired_test(d).p
+def _pval(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.3f}"
 
 
@@ -293,9 +293,10 @@ def diagnostics_table(suite: Suite, main: list[dict], variants: list[dict],
 # ----- the document --------------------------------------------------------------------------
 def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[dict],
                   all_variants=None) -> str:
-    """Each option variant beside the default pFedBayesPT and the best baseline, per setting."""
-    lines = ["| setting | pFedBayesPT | mean client acc | min client acc | vs default | "
-             "vs best baseline |", "|---|---|---|---|---|---|"]
+    """Each option variant beside the default pFedBayesPT and the best baseline, per
+    setting; the variants' paired comparisons with the default Holm-adjusted together
+    (the table's family), the verdict word from the adjusted p."""
+    items = []
     for v in suite.variants if all_variants is None else all_variants:
         for setting in v.settings:
             rows = per[setting]
@@ -305,18 +306,24 @@ def variant_table(suite: Suite, per: dict[str, dict[str, dict]], variants: list[
             recs = sorted((r for r in variants if r["study"] == v.name
                            and r["setting"] == setting), key=lambda r: r["seed"])
             f = [final(r) for r in recs]
-            acc, mn = mean_std(x["acc_mean"] for x in f), mean_std(x["acc_min"] for x in f)
             d = rows[FLAGSHIP]
-            vs = paired({"seeds": [r["seed"] for r in recs], "acc": [x["acc_mean"] for x in f]},
-                        d)
-            lines.append(f"| {setting} | default | {fmt(*d['acc_ms'])} | {fmt(*d['min_ms'])} | "
-                         f"+0.0 | {_delta(d['acc_ms'][0] - base['acc_ms'][0])} "
-                         f"({NAMES[base['method']]}) |")
-            lines.append(f"| {setting} | {v.name} | {fmt(*acc)} | {fmt(*mn)} | "
-                         f"{_delta(acc[0] - d['acc_ms'][0])} ({paired_word(vs)}: "
-                         f"higher in {int((vs > 0).sum())} of {len(vs)} seeds, "
-                         f"p {_pval(vs)}) | "
-                         f"{_delta(acc[0] - base['acc_ms'][0])} |")
+            t = paired_test(paired({"seeds": [r["seed"] for r in recs],
+                                    "acc": [x["acc_mean"] for x in f]}, d))
+            items.append((setting, v.name, mean_std(x["acc_mean"] for x in f),
+                          mean_std(x["acc_min"] for x in f), d, base, t))
+    adjusted = holm([t.p for *_, t in items])
+    lines = ["| setting | pFedBayesPT | mean client acc | min client acc | vs default | "
+             "vs best baseline |", "|---|---|---|---|---|---|"]
+    for (setting, name, acc, mn, d, base, t), a in zip(items, adjusted):
+        t = replace(t, p_adj=a)
+        lines.append(f"| {setting} | default | {fmt(*d['acc_ms'])} | {fmt(*d['min_ms'])} | "
+                     f"+0.0 | {_delta(d['acc_ms'][0] - base['acc_ms'][0])} "
+                     f"({NAMES[base['method']]}) |")
+        lines.append(f"| {setting} | {name} | {fmt(*acc)} | {fmt(*mn)} | "
+                     f"{_delta(acc[0] - d['acc_ms'][0])} ({t.word}: higher in "
+                     f"{int((t.d > 0).sum())} of {len(t.d)} seeds, p {_pval(t.p)}, "
+                     f"Holm-adjusted {_pval(t.p_adj)}) | "
+                     f"{_delta(acc[0] - base['acc_ms'][0])} |")
     return "\n".join(lines)
 
 
@@ -457,7 +464,8 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
         md += ["## pFedBayesPT options beside the default", "",
                *[f"- **{v.name}**: {v.title}" for v in all_variants], "",
                "The variant's seeds (paired with the default on those), otherwise the main "
-               "table's runs; the verdicts' p are the paired t-test's, unadjusted.",
+               "table's runs; each verdict's paired t-test p is Holm-adjusted across this "
+               "table's comparisons with the default.",
                "", variant_table(suite, per, list(variants), all_variants), ""]
     md += ["## Learning-rate tuning", "",
            f"Final mean client accuracy (%) on each client's **validation** split (a "
