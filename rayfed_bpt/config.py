@@ -49,8 +49,8 @@ class PartitionConfig(Checked):
 
     key = "data"
 
-    partitioner: str = knob("domain_mix", "iid | dirichlet | k_classes | domain | domain_mix "
-                            "(see README, Partitioners)")
+    partitioner: str = knob("domain_mix", "iid | dirichlet | k_classes | domain | domain_mix | "
+                            "natural (see docs/data.md, Partitioners)")
     num_clients: int = knob(20, "how many clients the dataset is split among",
                             bounds=AT_LEAST_1)
     seed: int | None = knob(None, "partition seed; unset: the run's seed (0 in `data partition`)")
@@ -177,8 +177,11 @@ class RuntimeConfig(Checked):
                                       "in memory; the rest spill to the run folder's "
                                       "personal/: auto = all up to 1,000 clients, else "
                                       "twice a round's")
-    client_cache: int = knob(1024, "opened client shards (and cached features) kept per actor",
-                             bounds=AT_LEAST_1)
+    client_cache: int = knob(1024, "opened clients (their rows, labels and cached features) "
+                             "kept per actor", bounds=AT_LEAST_1)
+    client_cache_mb: float = knob(1024.0, "MiB the opened clients may hold per actor, at "
+                                  "most (cached features dominate: 3 KiB an image at ViT-B "
+                                  "width)", bounds=POSITIVE)
     output_dir: str = knob("rayfed_runs", "where run folders (and the default MLflow store) go")
     run_name: str | None = knob(None, "run folder and MLflow run name; unset: timestamp + suffix")
     checkpoint_every: int = knob(1, "write a checkpoint every this many rounds",

@@ -23,7 +23,8 @@ def cli(*args, env_root, check=True):
 
 
 @pytest.mark.parametrize(
-    "cmd", [[], ["data"], ["data", "prepare"], ["data", "partition"], ["data", "show"]]
+    "cmd", [[], ["data"], ["data", "prepare"], ["data", "partition"], ["data", "show"],
+            ["data", "verify"]]
 )
 def test_help_everywhere(cmd, tmp_path):
     r = cli(*cmd, "--help", env_root=tmp_path)
@@ -33,7 +34,7 @@ def test_help_everywhere(cmd, tmp_path):
 def test_prepare_partition_show(tmp_path, monkeypatch):
     root = tmp_path / "root"
     r = cli("data", "prepare", env_root=root)
-    assert "16797 examples" in r.stdout
+    assert "16,797 examples" in r.stdout
     assert (root / "datasets" / "digits4.arrow").exists()
     r = cli(
         "data", "partition", "--partitioner", "domain_mix", "--num-clients", "20", env_root=root
@@ -41,8 +42,12 @@ def test_prepare_partition_show(tmp_path, monkeypatch):
     part = root / "partitions" / "digits4-domain_mix-da0.5-20c-s0-6f64fe4c"  # the one namer
     assert str(part) in r.stdout
     manifest = json.loads((part / "manifest.json").read_text())
-    assert len(manifest["clients"]) == 20
-    assert len(list(part.glob("client_*.arrow"))) == 20
+    assert len(manifest["clients"]) == 20 and manifest["layout"] == "indices"
+    assert sorted(p.name for p in part.iterdir()) == ["manifest.json", "rows.arrow"]
+    r = cli("data", "verify", str(part), env_root=root)
+    assert "every hash matches" in r.stdout and "layout indices" in r.stdout
+    r = cli("data", "verify", str(root / "datasets" / "digits4.arrow"), env_root=root)
+    assert "dataset" in r.stdout and "every hash matches" in r.stdout
     r = cli("data", "show", str(part), env_root=root)
     assert "train examples per client" in r.stdout
     png = part / "partition.png"

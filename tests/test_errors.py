@@ -93,7 +93,16 @@ CASES = [
      "lacks ['clients']", 10),
     ("corrupt-shard", "a client shard changed after it was written",
      "run --set data.partition_dir={tmp}/corrupt runtime.output_dir={runs}",
-     "does not match its manifest hash", 10),
+     "client_00001.arrow changed since the partition's manifest recorded it", 10),
+    ("changed-dataset", "the dataset a partition indexes, changed since the partition was made",
+     "run --set data.partition_dir={tmp}/indexed/partitions/p runtime.output_dir={runs}",
+     "changed since the partition's manifest recorded it", 10),
+    ("dataset-gone", "the dataset a partition indexes, deleted",
+     "run --set data.partition_dir={tmp}/orphan/partitions/p runtime.output_dir={runs}",
+     "that partition", 10),
+    ("natural-no-groups", "the natural partitioner on a data set without writer/user groups",
+     "run --set data.partitioner=natural runtime.output_dir={runs}",
+     "this data set has no group column", 10),
     ("output-under-file", "an output folder below a regular file",
      "run --set data.partition_dir={part} runtime.output_dir={tmp}/file.txt/runs",
      "is a file, not a folder", 10),
@@ -133,6 +142,15 @@ CASES = [
      "data prepare image_folder", "needs --source PATH", 10),
     ("prepare-unknown-source", "a data source no importer is registered for",
      "data prepare npz_folders", "unknown source 'npz_folders'; allowed:", 10),
+    ("prepare-one-class", "an image folder that holds a single class",
+     "data prepare image_folder --source {tmp}/oneclass --out {runs}/one.arrow",
+     "holds one class (cat): a classification data set needs two or more", 10),
+    ("prepare-classes", "--classes naming a class the folder does not have",
+     "data prepare image_folder --source {tmp}/twoclass --classes cat,cow --out {runs}/c.arrow",
+     "--classes names ['cow']", 10),
+    ("prepare-strict", "a stray file in an image folder, imported with --strict",
+     "data prepare image_folder --source {tmp}/twoclass --strict --out {runs}/s.arrow",
+     "--strict: 1 file(s) are no readable images: d/dog/notes.txt", 10),
     ("plugin-missing", "a plugin module that cannot be imported",
      "run --import no_such_plugin", "plugin module 'no_such_plugin' cannot be imported", 5),
     ("plugin-path", "a file path where a plugin's module name belongs",
@@ -188,6 +206,39 @@ def _write_broken_inputs(tmp: Path, part: Path) -> None:
     _lost_pieces(tmp / "lostpieces")
     (tmp / "space.yaml").write_text("space:\n  train.lr: {normal: [0, 1]}\n")
     (tmp / "weights.safetensors").write_text("these are notes, not weights\n")
+    _image_folders(tmp)
+    _index_partitions(tmp, part)
+
+
+def _image_folders(tmp: Path) -> None:
+    """``oneclass/d/cat/``; ``twoclass/d/{cat,dog}/`` with a stray notes.txt."""
+    from PIL import Image
+
+    for root, classes in (("oneclass", ["cat"]), ("twoclass", ["cat", "dog"])):
+        for c in classes:
+            (tmp / root / "d" / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp / root / "d" / c / "0.png")
+    (tmp / "twoclass" / "d" / "dog" / "notes.txt").write_text("not an image")
+
+
+def _index_partitions(tmp: Path, part: Path) -> None:
+    """Partitions of row numbers into a copy of ``part``'s dataset: ``indexed`` (the
+    dataset then cut short) and ``orphan`` (the dataset then deleted)."""
+    import shutil
+
+    from rayfed_bpt.data import PartitionConfig, load_dataset, write_partition
+
+    source = Path(json.loads((part / "manifest.json").read_text())["dataset"]["path"])
+    for name in ("indexed", "orphan"):
+        data = tmp / name / "datasets" / "d.arrow"
+        data.parent.mkdir(parents=True)
+        shutil.copy(source, data)
+        shutil.copy(source.with_suffix(".json"), data.with_suffix(".json"))
+        write_partition(load_dataset(data), PartitionConfig("iid", num_clients=3, seed=0),
+                        tmp / name / "partitions" / "p")
+    cut = tmp / "indexed" / "datasets" / "d.arrow"
+    cut.write_bytes(cut.read_bytes()[:-4096])
+    shutil.rmtree(tmp / "orphan" / "datasets")
 
 
 def _lost_pieces(run: Path) -> None:
@@ -220,7 +271,7 @@ def broken(digits4_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
     part = write_partition(load_dataset(digits4_path),
                            PartitionConfig("domain_mix", num_clients=3, seed=0),
-                           tmp_path_factory.mktemp("good") / "p3")
+                           tmp_path_factory.mktemp("good") / "p3", layout="files")
     _write_broken_inputs(tmp, part)
     return tmp, part
 
@@ -312,7 +363,8 @@ if __name__ == "__main__":  # regenerate docs/errors.md from the real messages
     root = Path(tempfile.mkdtemp(prefix="rfbpt-errors-"))
     os.environ["RAYFED_BPT_DATA"] = str(root / "data")
     part = write_partition(load_dataset(ensure_builtin()),
-                           PartitionConfig("domain_mix", num_clients=3, seed=0), root / "p3")
+                           PartitionConfig("domain_mix", num_clients=3, seed=0), root / "p3",
+                           layout="files")
     tmp = root / "bad"
     tmp.mkdir()
     (root / "cwd").mkdir()

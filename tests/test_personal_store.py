@@ -202,16 +202,20 @@ def test_the_sample_interval_covers_the_population_mean_95_percent_of_the_time()
     assert mean_ci95(population, len(population)) == 0.0  # the whole population: exact
 
 
-@pytest.mark.slow  # 20 s; the default suite reads packed shards row for row (test_shards)
-def test_a_run_on_a_packed_partition_equals_the_run_on_one_file_per_client(digits4, part4,
-                                                                          tmp_path):
+@pytest.mark.slow  # 30 s; the default suite reads every layout row for row (test_shards)
+def test_a_run_on_copied_rows_equals_the_run_on_row_numbers(digits4, part4, tmp_path):
+    """The same run on the indices partition (part4), a packed copy and a copy a file per
+    client: identical numbers."""
     from rayfed_bpt.data import PartitionConfig, PartitionReader, shards, write_partition
 
+    recipe = PartitionConfig("domain_mix", num_clients=4, seed=0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shards, "PACK", 3)  # 4 clients: two packs
-        packed = write_partition(digits4, PartitionConfig("domain_mix", num_clients=4, seed=0),
-                                 tmp_path / "packed", layout="packed")
-    assert PartitionReader(packed).layout == "packed"
+        packed = write_partition(digits4, recipe, tmp_path / "packed", layout="packed")
+    files = write_partition(digits4, recipe, tmp_path / "files", layout="files")
+    assert PartitionReader(packed).layout == "packed" and PartitionReader(part4).layout == \
+        "indices"
     assert len(list(packed.glob("pack_*.arrow"))) == 2
-    assert numbers(run_reference(small(packed), log=None)) == numbers(
-        run_reference(small(part4), log=None))
+    reference = numbers(run_reference(small(part4), log=None))
+    assert numbers(run_reference(small(packed), log=None)) == reference
+    assert numbers(run_reference(small(files), log=None)) == reference

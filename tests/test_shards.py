@@ -1,4 +1,5 @@
-"""Shards on disk: round trip, memory mapping, manifest checks and corruption."""
+"""Partitions on disk: the indices layout (the default) and the copies (files, packed),
+round trip, reading in place, manifest checks, stamps and corruption."""
 
 import json
 
@@ -11,16 +12,28 @@ from rayfed_bpt.data.arrow_io import write_table
 from rayfed_bpt.data.schema import SCHEMA_VERSION, DatasetInfo, make_table
 from rayfed_bpt.errors import DataError
 
+RECIPE = PartitionConfig("domain_mix", num_clients=6, seed=1)
+
 
 @pytest.fixture(scope="module")
-def part_dir(digits4, tmp_path_factory):
+def index_dir(digits4, tmp_path_factory):
+    """The default layout: each client's row numbers into the one dataset."""
     out = tmp_path_factory.mktemp("parts") / "dm"
-    write_partition(digits4, PartitionConfig("domain_mix", num_clients=6, seed=1), out)
+    write_partition(digits4, RECIPE, out)
     return out
 
 
-def test_round_trip_matches_dataset_rows(digits4, part_dir):
-    reader = PartitionReader(part_dir)
+@pytest.fixture(scope="module")
+def part_dir(digits4, tmp_path_factory):
+    """The same partition with a copy of each client's rows in its own file."""
+    out = tmp_path_factory.mktemp("parts") / "dm"
+    write_partition(digits4, RECIPE, out, layout="files")
+    return out
+
+
+@pytest.mark.parametrize("layout_dir", ["index_dir", "part_dir"])
+def test_round_trip_matches_dataset_rows(digits4, layout_dir, request):
+    reader = PartitionReader(request.getfixturevalue(layout_dir))
     assert reader.num_clients == 6
     seen = []
     for k in reader.client_ids:
@@ -29,7 +42,7 @@ def test_round_trip_matches_dataset_rows(digits4, part_dir):
         for split in ("train", "test"):
             ids = shard.ids(split)
             seen.append(ids)
-            assert np.array_equal(shard.images(split), digits4.images[ids])
+            assert np.array_equal(shard.images(split).read(), digits4.images[ids])
             assert np.array_equal(shard.labels(split), digits4.labels[ids])
             assert (digits4.splits[ids] == split).all()
             assert (
@@ -42,30 +55,121 @@ def test_round_trip_matches_dataset_rows(digits4, part_dir):
     assert len(np.unique(all_ids)) == len(all_ids) == len(digits4)  # domain_mix uses all
 
 
-def test_shards_are_memory_mapped_not_copied(part_dir):
-    reader = PartitionReader(part_dir, verify=False)
+def _views_of_the_map(images):
+    views = images.column._views
+    return all(not v.flags.owndata and not v.flags.writeable for v in views)
+
+
+@pytest.mark.parametrize("layout_dir", ["index_dir", "part_dir"])
+def test_shards_are_memory_mapped_not_copied(layout_dir, request):
+    reader = PartitionReader(request.getfixturevalue(layout_dir), verify=False)
+    reader.load(0)  # the dataset (indices) is opened once per reader
     before = pa.total_allocated_bytes()
-    shard = reader.load(0)
-    images = shard.images("train")
+    images = reader.load(1).images("train")
     assert pa.total_allocated_bytes() == before  # nothing allocated by Arrow's pool
-    assert not images.flags.owndata and not images.flags.writeable  # a view of the map
+    assert _views_of_the_map(images)  # views of the map; pixels are read by take()
+    assert images.take([0, 2]).shape == (2, 32, 32, 3)
 
 
-def test_manifest_records_config_dataset_and_version(digits4, part_dir):
-    m = json.loads((part_dir / "manifest.json").read_text())
-    assert m["schema_version"] == SCHEMA_VERSION
+def test_an_index_partition_costs_kilobytes_and_reads_what_the_copies_hold(
+        digits4, index_dir, part_dir):
+    sizes = {p.name: p.stat().st_size for p in index_dir.iterdir()}
+    assert sorted(sizes) == ["manifest.json", "rows.arrow"]
+    assert sizes["rows.arrow"] < 0.01 * digits4.path.stat().st_size  # 8 bytes an example
+    copies = sum(p.stat().st_size for p in part_dir.iterdir())
+    assert sum(sizes.values()) < 0.01 * copies
+    a, b = PartitionReader(index_dir), PartitionReader(part_dir)
+    assert a.layout == "indices" and b.layout == "files"
+    for k in a.client_ids:
+        x, y = a.load(k), b.load(k)
+        assert (x.num_train, x.num_test) == (y.num_train, y.num_test)
+        for split in ("train", "test"):
+            assert np.array_equal(x.images(split).read(), y.images(split).read())
+            for col in ("labels", "domains", "ids"):
+                assert np.array_equal(getattr(x, col)(split), getattr(y, col)(split))
+
+
+def test_manifest_records_config_dataset_and_version(digits4, index_dir):
+    m = json.loads((index_dir / "manifest.json").read_text())
+    assert m["schema_version"] == SCHEMA_VERSION and m["layout"] == "indices"
     assert m["partition"]["partitioner"] == "domain_mix" and m["partition"]["domain_alpha"] == 0.5
     assert m["dataset"]["sha256"] == digits4.sha256
+    assert m["dataset"]["size"] == digits4.path.stat().st_size and "edges" in m["dataset"]
+    assert (index_dir / m["dataset"]["relpath"]).resolve() == digits4.path.resolve()
     assert "k" not in m["partition"]  # only the options that matter
 
 
-def test_same_config_same_bytes(digits4, part_dir, tmp_path):
-    again = write_partition(
-        digits4, PartitionConfig("domain_mix", num_clients=6, seed=1), tmp_path / "again"
-    )
-    a = json.loads((part_dir / "manifest.json").read_text())["clients"]
+def test_same_config_same_bytes(digits4, index_dir, tmp_path):
+    again = write_partition(digits4, RECIPE, tmp_path / "again")
+    a = json.loads((index_dir / "manifest.json").read_text())["clients"]
     b = json.loads((again / "manifest.json").read_text())["clients"]
     assert [c["sha256"] for c in a] == [c["sha256"] for c in b]
+    assert (index_dir / "rows.arrow").read_bytes() == (again / "rows.arrow").read_bytes()
+
+
+def test_changed_index_rows_name_the_client(index_dir, tmp_path):
+    d = _copy(index_dir, tmp_path / "p")
+    path = d / "rows.arrow"
+    start = json.loads((d / "manifest.json").read_text())["clients"][3]["start"]
+    data = bytearray(path.read_bytes())
+    rows = pa.ipc.open_file(pa.py_buffer(bytes(data))).get_batch(0).column(0).to_numpy()
+    at = bytes(data).find(rows.tobytes()) + 8 * start  # client 3's first row number
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="rows.arrow changed since the partition"):
+        PartitionReader(d).verify_stamps()  # a small file's edges are all of it
+    with pytest.raises(DataError, match="client 3's rows .* does not match its manifest hash"):
+        PartitionReader(d).load(3)
+    PartitionReader(d).load(2)  # the others still load
+
+
+def test_a_run_start_checks_stamps_and_data_verify_every_byte(digits4_path, tmp_path):
+    """A changed dataset is refused by its stamp (size, first and last MiB; a changed
+    modification time asks for the full hash); `verify_all` hashes everything."""
+    import os
+    import shutil
+
+    from rayfed_bpt.data import load_dataset
+
+    src = tmp_path / "datasets" / "d.arrow"
+    src.parent.mkdir()
+    shutil.copy(digits4_path, src)
+    shutil.copy(digits4_path.with_suffix(".json"), src.with_suffix(".json"))
+    part = write_partition(load_dataset(src), RECIPE, tmp_path / "partitions" / "p")
+    PartitionReader(part).verify_stamps()
+    st = src.stat()
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a pixel in the middle, far from both edges
+    src.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="changed since the partition's manifest recorded it"):
+        PartitionReader(part).verify_stamps()  # the time moved: hashed in full, refused
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))  # a byte changed behind our back
+    PartitionReader(part).verify_stamps()  # the stamp cannot see it (documented) ...
+    with pytest.raises(DataError, match="does not match its manifest hash"):
+        PartitionReader(part).verify_all()  # ... `rayfed-bpt data verify` does
+    src.write_bytes(bytes(data[:-10]))
+    with pytest.raises(DataError, match="changed since the partition's manifest recorded it"):
+        PartitionReader(part).verify_stamps()
+
+
+def test_the_dataset_is_found_beside_a_moved_data_root(digits4_path, tmp_path):
+    import shutil
+
+    from rayfed_bpt.data import load_dataset
+
+    root = tmp_path / "root"
+    (root / "datasets").mkdir(parents=True)
+    for suffix in (".arrow", ".json"):
+        shutil.copy(digits4_path.with_suffix(suffix), root / "datasets" / f"d{suffix}")
+    write_partition(load_dataset(root / "datasets" / "d.arrow"), RECIPE,
+                    root / "partitions" / "p")
+    moved = shutil.move(root, tmp_path / "mounted_elsewhere")
+    reader = PartitionReader(moved / "partitions" / "p")
+    assert reader.dataset_path.resolve() == (moved / "datasets" / "d.arrow").resolve()
+    assert reader.load(0).images("train").take([0]).shape == (1, 32, 32, 3)
+    shutil.rmtree(moved / "datasets")
+    with pytest.raises(DataError, match="that partition .* indexes is missing"):
+        PartitionReader(moved / "partitions" / "p").load(0)
 
 
 def _copy(src, dst):
@@ -183,8 +287,7 @@ def packed_dir(digits4, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shards, "PACK", 4)
         out = tmp_path_factory.mktemp("packed") / "dm"
-        write_partition(digits4, PartitionConfig("domain_mix", num_clients=6, seed=1), out,
-                        layout="packed")
+        write_partition(digits4, RECIPE, out, layout="packed")
     return out
 
 
@@ -198,12 +301,13 @@ def test_a_packed_partition_holds_the_same_rows_in_few_files(part_dir, packed_di
         a, b = files.load(k), packed.load(k)
         assert (a.num_train, a.num_test) == (b.num_train, b.num_test)
         for split in ("train", "test"):
-            for col in ("images", "labels", "domains", "ids"):
+            assert np.array_equal(a.images(split).read(), b.images(split).read())
+            for col in ("labels", "domains", "ids"):
                 assert np.array_equal(getattr(a, col)(split), getattr(b, col)(split))
     before = pa.total_allocated_bytes()
     images = PartitionReader(packed_dir, verify=False).load(5).images("train")
     assert pa.total_allocated_bytes() == before  # zero-copy: a view of the mapped pack
-    assert not images.flags.owndata and not images.flags.writeable
+    assert _views_of_the_map(images)
 
 
 def test_a_changed_pack_is_named_and_so_is_the_client_whose_rows_changed(packed_dir,
@@ -232,10 +336,9 @@ def _fails(d, k):
     return False
 
 
-def test_auto_layout_packs_large_populations_only():
-    from rayfed_bpt.data.shards import FILES_UP_TO, resolve_layout
+def test_auto_layout_is_indices():
+    from rayfed_bpt.data.shards import resolve_layout
 
-    assert resolve_layout("auto", FILES_UP_TO) == "files"
-    assert resolve_layout("auto", FILES_UP_TO + 1) == "packed"
-    with pytest.raises(DataError, match="allowed: auto, files, packed"):
-        resolve_layout("zip", 3)
+    assert resolve_layout("auto") == "indices" and resolve_layout("packed") == "packed"
+    with pytest.raises(DataError, match="allowed: auto, indices, files, packed"):
+        resolve_layout("zip")

@@ -5,17 +5,17 @@ chooses hyper-parameters never sees a test row; ``evaluate_run`` reports test on
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from rayfed_bpt.algorithms.base import seed_for
 from rayfed_bpt.config import load_config
-from rayfed_bpt.data import PartitionReader
+from rayfed_bpt.data import PartitionConfig, PartitionReader, load_dataset, write_partition
 from rayfed_bpt.data.arrow_io import read_table, write_json, write_table
+from rayfed_bpt.data.columns import ImageColumn
 from rayfed_bpt.data.holdout import carve_val, val_counts
-from rayfed_bpt.data.schema import images_view, make_table
+from rayfed_bpt.data.schema import make_table
 from rayfed_bpt.engine import CheckpointWriter, evaluate_run, run_reference
 from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.engine.schedule import train_sizes
@@ -45,21 +45,26 @@ def run(cfg, run_dir):
 
 
 def scrambled_copy(src, dst):
-    """A copy of partition ``src`` whose test rows are garbage (random labels, black
-    images), its manifest's shard hashes and test label counts rewritten to match."""
-    shutil.copytree(src, dst)
+    """Partition ``src`` (part4's recipe) written again as copies of its rows, whose test
+    rows are then garbage (random labels, black images), its manifest's shard hashes and
+    test label counts rewritten to match."""
+    dataset = load_dataset(json.loads((src / "manifest.json").read_text())["dataset"]["path"])
+    write_partition(dataset, PartitionConfig("domain_mix", num_clients=4, seed=0), dst,
+                    layout="files")
     manifest = json.loads((dst / "manifest.json").read_text())
     rng = np.random.default_rng(0)
     for e in manifest["clients"]:
         table, info = read_table(dst / e["file"])
         n = e["num_train"]
-        images, labels = images_view(table).copy(), table.column("label").to_numpy().copy()
+        images = ImageColumn(table.column("image"), info).take(np.arange(table.num_rows))
+        labels = table.column("label").to_numpy().copy()
         images[n:] = 0
         labels[n:] = rng.integers(0, info.num_classes, len(labels) - n)
         new = make_table(info, images, labels, table.column("domain").to_numpy().copy(),
                          np.array(table.column("split").to_pylist()),
                          table.column("id").to_numpy().copy())
         e["sha256"] = write_table(new, dst / e["file"])
+        e.pop("edges")  # no stamp: a run start hashes these shards in full
         e["label_counts"]["test"] = np.bincount(labels[n:], minlength=info.num_classes).tolist()
     write_json(manifest, dst / "manifest.json")
     return dst

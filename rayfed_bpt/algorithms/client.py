@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import ImageRows
 from ..data.holdout import carve_val
 from ..models import PromptedViT, normalize
 
@@ -32,10 +33,11 @@ def make_generator(*parts: object) -> torch.Generator:
 
 @dataclass
 class ClientData:
-    """One client's examples: uint8 image views (memory-mapped) plus cached features."""
+    """One client's examples: its images where they are stored (rows of the memory-mapped
+    dataset, read per batch), labels, domains, and cached features."""
 
     client_id: int
-    images: dict[str, np.ndarray]
+    images: dict[str, ImageRows]
     labels: dict[str, torch.Tensor]
     domains: dict[str, np.ndarray]
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -67,15 +69,15 @@ class ClientData:
                 pick = np.sort(rng.choice(n, cap, replace=False))
                 idx = pick if idx is None else idx[pick]
             if idx is not None:
-                x, y, d = x[idx], y[idx], d[idx]
+                x, y, d = x.select(idx), y[idx], d[idx]
             images[split] = x
             labels[split] = torch.as_tensor(np.asarray(y, np.int64))
             domains[split] = np.asarray(d)
         return cls(shard.client_id, images, labels, domains)
 
     def x(self, split: str, idx, backbone: PromptedViT) -> torch.Tensor:
-        """Normalized float images for ``idx`` (made per batch: the uint8 view stays shared)."""
-        return normalize(self.images[split][np.asarray(idx)], backbone.vit).to(backbone.device)
+        """Normalized float images for ``idx``, read (and decoded) for this batch only."""
+        return normalize(self.images[split].take(idx), backbone.vit).to(backbone.device)
 
     def y(self, split: str, idx) -> torch.Tensor:
         return self.labels[split][idx]

@@ -18,6 +18,8 @@ import pyarrow as pa
 from ..errors import DataError
 from .schema import DatasetInfo, info_from_schema
 
+EDGE = 1 << 20
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
@@ -36,27 +38,41 @@ def match_umask(path: str | os.PathLike, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~mask)
 
 
-def _tmp_path(path: Path) -> Path:
+def tmp_path_for(path: Path) -> Path:
+    """A new empty file beside ``path`` (same file system: renamed into place when done)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     match_umask(tmp)
     return Path(tmp)
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, keep_batches: bool = False) -> str:
-    """Write ``table`` as one uncompressed IPC file (mmap-friendly); return its sha256.
-    One record batch, or with ``keep_batches`` the table's own (a pack: one per client)."""
+def write_batches(table: pa.Table, sink, max_rows: int | None = None,
+                  keep_batches: bool = False) -> None:
+    """``table`` into an IPC file ``sink``, uncompressed (mmap-friendly). Record batches of
+    ``max_rows`` rows (the last one shorter; unset: one batch), cut where the rows are,
+    whatever chunks the table came in; with ``keep_batches`` the table's own batches (a
+    pack: one per client). One array of a batch holds at most 2 GiB: a dataset's
+    ``max_rows`` keeps every batch far below (``schema.rows_per_batch``)."""
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        if keep_batches:
+            for batch in table.to_batches():
+                writer.write_batch(batch)
+            return
+        step = max(1, max_rows or table.num_rows)
+        for start in range(0, max(table.num_rows, 1), step):
+            part = table.slice(start, step).combine_chunks()  # at most one batch's bytes
+            writer.write_table(part, max_chunksize=max(part.num_rows, 1))
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, max_rows: int | None = None,
+                keep_batches: bool = False) -> str:
+    """``write_batches`` into the file ``path``, atomically; return its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path_for(path)
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            if keep_batches:
-                for batch in table.to_batches():
-                    writer.write_batch(batch)
-            else:
-                table = table.combine_chunks()
-                writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+        with pa.OSFile(str(tmp), "wb") as sink:
+            write_batches(table, sink, max_rows, keep_batches)
         digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -65,10 +81,43 @@ def write_table(table: pa.Table, path: str | os.PathLike, keep_batches: bool = F
     return digest
 
 
+def file_stamp(path: str | os.PathLike) -> dict:
+    """What says, reading 2 MiB, that a file is the one a manifest was made from: its
+    size, modification time and the sha256 of its first and last MiB (an Arrow file's
+    schema and its footer, which indexes every batch)."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(EDGE))
+        if st.st_size > 2 * EDGE:
+            f.seek(st.st_size - EDGE)
+        h.update(f.read(EDGE))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "edges": h.hexdigest()}
+
+
+def check_stamp(path: str | os.PathLike, recorded: dict, sha256: str, what: str) -> None:
+    """``path`` is the file ``recorded`` (a ``file_stamp``) and ``sha256`` describe, or a
+    DataError that names it. Size and edges decide at once; where only the modification
+    time differs (a copy, a restore), the whole file is hashed once."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} is missing; restore it, or re-run "
+                        "`rayfed-bpt data partition --overwrite`.")
+    now = file_stamp(path)
+    changed = now["size"] != recorded.get("size") or now["edges"] != recorded.get("edges")
+    if not changed and now["mtime_ns"] == recorded.get("mtime_ns"):
+        return
+    if changed or (sha256 and sha256_file(path) != sha256):
+        raise DataError(f"{what} {path} changed since the partition's manifest recorded it "
+                        f"(size {recorded.get('size')} -> {now['size']} bytes, or its "
+                        "content). Restore it, or make the partition again (`rayfed-bpt data "
+                        "partition --overwrite`); `rayfed-bpt data verify` checks every hash.")
+
+
 def write_json(obj: dict, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path_for(path)
     try:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
         os.replace(tmp, path)

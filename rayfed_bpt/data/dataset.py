@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import pyarrow as pa
 
 from ..errors import DataError
 from .arrow_io import read_table, sha256_file, write_json, write_table
-from .schema import DatasetInfo, check_schema_version, images_view, int_column
+from .columns import ImageColumn
+from .schema import DatasetInfo, check_schema_version, int_column, rows_per_batch
 
 
 def default_data_root() -> Path:
@@ -30,16 +32,23 @@ def default_data_root() -> Path:
 
 @dataclass
 class Dataset:
-    """A memory-mapped dataset. ``images`` etc. are numpy views of the mapped file."""
+    """A memory-mapped dataset: ``image_column`` reads pixels in place, by row; the
+    small columns (labels, domains, splits, groups) are numpy arrays."""
 
     path: Path
     table: pa.Table
     info: DatasetInfo
     sha256: str
+    sidecar: dict = field(default_factory=dict)  # the .json: counts, skipped files
+
+    @cached_property
+    def image_column(self) -> ImageColumn:
+        return ImageColumn(self.table.column("image"), self.info)
 
     @property
     def images(self) -> np.ndarray:
-        return images_view(self.table)
+        """Every image decoded into one array: for small data sets (the built-in one)."""
+        return self.image_column.take(np.arange(len(self)))
 
     @property
     def labels(self) -> np.ndarray:
@@ -51,30 +60,47 @@ class Dataset:
 
     @property
     def splits(self) -> np.ndarray:
-        return np.asarray(self.table.column("split").to_pylist())
+        return split_array(self.table.column("split"))
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        return int_column(self.table, "group") if self.info.groups else None
+
+    @property
+    def ids(self) -> np.ndarray:
+        return int_column(self.table, "id")
 
     def __len__(self) -> int:
         return self.table.num_rows
 
 
-def save_dataset(table: pa.Table, info: DatasetInfo, path: str | os.PathLike) -> Path:
+def split_array(column: pa.ChunkedArray) -> np.ndarray:
+    """A split column as a numpy array of "train"/"test" (through Arrow's dictionary
+    encoding: no Python string per row)."""
+    encoded = column.dictionary_encode().combine_chunks()
+    names = np.asarray(encoded.dictionary.to_pylist() or ["train"])
+    return names[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def save_dataset(table: pa.Table, info: DatasetInfo, path: str | os.PathLike,
+                 **extra) -> Path:
+    """Write a table that is in memory (a small source) as a dataset file and its sidecar;
+    a streamed import writes its batches itself and calls ``write_sidecar``."""
     path = Path(path)
-    digest = write_table(table, path)
-    counts = {
-        split: int(np.sum(np.asarray(table.column("split").to_pylist()) == split))
-        for split in ("train", "test")
-    }
-    write_json(
-        {
-            **info.to_json(),
-            "file": path.name,
-            "sha256": digest,
-            "num_rows": table.num_rows,
-            "split_counts": counts,
-        },
-        path.with_suffix(".json"),
-    )
+    digest = write_table(table, path, max_rows=rows_per_batch(info))
+    splits = split_array(table.column("split"))
+    write_sidecar(path, info, digest, {s: int(np.sum(splits == s)) for s in ("train", "test")},
+                  **extra)
     return path
+
+
+def write_sidecar(path: Path, info: DatasetInfo, digest: str, counts: dict[str, int],
+                  **extra) -> None:
+    """``<name>.json`` beside the dataset: its info, hash, rows per split (and what an
+    import adds: the files it skipped)."""
+    num_rows = sum(counts.values())
+    write_json({**info.to_json(), "file": path.name, "sha256": digest, "num_rows": num_rows,
+                "split_counts": counts, **extra}, path.with_suffix(".json"))
 
 
 def load_dataset(path: str | os.PathLike, verify: bool = True) -> Dataset:
@@ -83,7 +109,7 @@ def load_dataset(path: str | os.PathLike, verify: bool = True) -> Dataset:
         raise DataError(f"{path} is a folder; pass the dataset's .arrow file.")
     sidecar = path.with_suffix(".json")
     table, info = read_table(path, "dataset")
-    digest = ""
+    digest, meta = "", {}
     if sidecar.exists():
         try:
             meta = json.loads(sidecar.read_text())
@@ -104,4 +130,4 @@ def load_dataset(path: str | os.PathLike, verify: bool = True) -> Dataset:
                     "after it was written). Re-create it with "
                     "`rayfed-bpt data prepare --overwrite`."
                 )
-    return Dataset(path=path, table=table, info=info, sha256=digest)
+    return Dataset(path=path, table=table, info=info, sha256=digest, sidecar=meta)

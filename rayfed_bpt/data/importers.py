@@ -1,37 +1,39 @@
-"""Importers: every source becomes one table in the rayfed_bpt schema.
+"""Importers: every source becomes one dataset in the rayfed_bpt schema.
 
 Sources: the built-in digits-4 benchmark, image folders laid out as
-``root/<domain>/<class>/*.png|jpg`` (DomainNet, Office-Caltech-10), the
-CIFAR-10/100 *binary* files, and Parquet files or Hugging Face ``datasets``
-Arrow folders with image/label(/domain/split) columns. The CIFAR *python*
-version is pickled; unpickling a file someone handed you can run code, so it
-is not read here.
+``root/<domain>/<class>/*.jpg|png`` (DomainNet, Office-Caltech-10, Office-Home),
+the CIFAR-10/100 *binary* files, and Parquet files or Hugging Face ``datasets``
+Arrow folders with image/label(/domain/split/group) columns. The CIFAR *python*
+version is pickled; unpickling a file someone handed you can run code, so it is
+not read.
 
-Each source is an importer registered by name (``@register_importer``): a
-function of one ``ImportRequest`` that returns the table and its
-``DatasetInfo`` (``schema.make_table`` builds both from arrays). A plugin adds
-a source the same way (docs/extending.md).
+Each source is an importer registered by name (``@register_importer``): a function
+of one ``ImportRequest``. A small source returns its table and ``DatasetInfo``
+(``schema.make_table`` builds both from arrays); a source of many image files
+returns an ``ImportPlan`` (labels, domains, splits and where each image is), which
+``stream.write_import`` decodes on every core in bounded memory. A plugin adds a
+source the same way (docs/extending.md).
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
 from .. import plugins
 from ..errors import ConfigError, DataError
 from .digits4 import build_digits4, stratified_split
-from .schema import DatasetInfo, make_table
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+from .folder import plan_image_folder
+from .pixels import QUALITY, RESIZE
+from .schema import PIXELS, DatasetInfo, make_table
+from .stream import ImportPlan
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,31 @@ class ImportRequest:
     test_fraction: float = 0.2  # held-out test share (per domain) when the source has no split
     seed: int = 0  # of that split, and of anything else the importer draws
     extra_domains: tuple[str, ...] = ()  # digits4 only
+    pixels: str = "jpeg"  # how a streamed import stores pixels: raw | jpeg
+    resize: str = "crop"  # short side to size, centre crop | squash (aspect ratio lost)
+    quality: int = QUALITY  # JPEG quality of stored pixels
+    classes: tuple[str, ...] = ()  # keep only these classes (or a named set: domainnet10)
+    group_column: str | None = None  # table sources: the column of natural groups
+
+    def __post_init__(self) -> None:
+        if self.pixels not in PIXELS:
+            raise ConfigError(f"--pixels {self.pixels}; allowed: {', '.join(PIXELS)}")
+        if self.resize not in RESIZE:
+            raise ConfigError(f"--resize {self.resize}; allowed: {', '.join(RESIZE)}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"--quality {self.quality}; allowed: 1..100")
+        if self.size < 1:
+            raise ConfigError(f"--size {self.size}; an image side is at least 1 pixel")
 
 
-Importer = Callable[[ImportRequest], tuple[pa.Table, DatasetInfo]]
+Imported = tuple[pa.Table, DatasetInfo] | ImportPlan
+Importer = Callable[[ImportRequest], Imported]
 _IMPORTERS: plugins.Registry[tuple[Importer, bool]] = plugins.Registry("importers")
 
 
 def register_importer(name: str, needs_path: bool = True) -> Callable[[Importer], Importer]:
-    """Make ``fn(request) -> (table, info)`` the source ``name`` of ``data prepare``;
-    ``needs_path``: it reads files named by ``--source``."""
+    """Make ``fn(request) -> (table, info) | ImportPlan`` the source ``name`` of ``data
+    prepare``; ``needs_path``: it reads files named by ``--source``."""
 
     def deco(fn: Importer) -> Importer:
         _IMPORTERS.add(name, (fn, needs_path), fn)
@@ -73,80 +91,11 @@ def importer(name: str) -> tuple[Importer, bool]:
     return found
 
 
-def _require_dir(path: Path, what: str) -> None:
+def require_dir(path: Path, what: str) -> None:
     if not path.exists():
         raise DataError(f"{what} {path} does not exist; check --source.")
     if not path.is_dir():
         raise DataError(f"{what} {path} is not a folder; check --source.")
-
-
-def _load_image(data: bytes | str | Path, size: int, where: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {where}: {e}. Remove or replace the file.") from e
-
-
-def import_image_folder(
-    root: str | Path, size: int = 32, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[pa.Table, DatasetInfo]:
-    """``root/<domain>/<class>/<image>``: domains and classes are the sorted folder names."""
-    root = Path(root)
-    _require_dir(root, "image folder")
-    domains = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not domains:
-        raise DataError(
-            f"image folder {root} has no domain folders; expected root/<domain>/<class>/*.jpg"
-        )
-    classes = sorted(
-        {
-            c.name
-            for d in domains
-            for c in (root / d).iterdir()
-            if c.is_dir() and not c.name.startswith(".")
-        }
-    )
-    if not classes:
-        raise DataError(
-            f"image folder {root} has no class folders under its domains {domains}; expected "
-            "root/<domain>/<class>/*.jpg"
-        )
-    rng = np.random.default_rng(seed)
-    images, labels, doms, splits = [], [], [], []
-    for d, dom in enumerate(domains):
-        dom_labels = []
-        for c, cls in enumerate(classes):
-            folder = root / dom / cls
-            if not folder.is_dir():
-                continue
-            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            for f in files:
-                images.append(_load_image(f, size, str(f)))
-                dom_labels.append(c)
-        if not dom_labels:
-            raise DataError(
-                f"domain folder {root / dom} holds no images ({sorted(IMAGE_SUFFIXES)})"
-            )
-        dom_labels = np.asarray(dom_labels)
-        labels.append(dom_labels)
-        doms.append(np.full(len(dom_labels), d))
-        splits.append(stratified_split(dom_labels, test_fraction, rng))
-    info = DatasetInfo(
-        name=root.name,
-        class_names=classes,
-        domain_names=domains,
-        image_shape=(size, size, 3),
-        source={
-            "importer": "image_folder",
-            "root": str(root.resolve()),
-            "seed": seed,
-            "test_fraction": test_fraction,
-        },
-    )
-    return make_table(
-        info, np.stack(images), np.concatenate(labels), np.concatenate(doms), np.concatenate(splits)
-    ), info
 
 
 def _read_cifar_bin(
@@ -172,7 +121,7 @@ def _read_cifar_bin(
 def import_cifar(root: str | Path, which: str = "cifar10") -> tuple[pa.Table, DatasetInfo]:
     """The binary CIFAR files (cifar-10-batches-bin / cifar-100-binary): no pickle."""
     root = Path(root)
-    _require_dir(root, f"{which} folder")
+    require_dir(root, f"{which} folder")
     if which == "cifar10":
         parts = [(root / f"data_batch_{i}.bin", "train") for i in range(1, 6)]
         parts.append((root / "test_batch.bin", "test"))
@@ -214,109 +163,152 @@ def import_cifar(root: str | Path, which: str = "cifar10") -> tuple[pa.Table, Da
     ), info
 
 
-def _column_images(col: pa.ChunkedArray, size: int, where: str) -> np.ndarray:
-    out = []
-    for i, v in enumerate(col.to_pylist()):
-        if isinstance(v, dict):  # the Hugging Face Image feature: {"bytes", "path"}
-            v = v.get("bytes") or v.get("path")
-        if v is None:
-            raise DataError(f"{where}: row {i} has no image")
-        out.append(_load_image(v, size, f"{where} row {i}"))
-    return np.stack(out)
+def _image_item(v) -> bytes | str | None:
+    """A table cell as what ``pixels.load_image`` opens: bytes, or the HF Image feature's
+    ``{"bytes", "path"}``."""
+    if isinstance(v, dict):
+        return v.get("bytes") or v.get("path")
+    return v
 
 
-def import_table_source(
-    path: str | Path, size: int = 32, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[pa.Table, DatasetInfo]:
-    """A Parquet file, or a Hugging Face ``save_to_disk`` folder of ``*.arrow`` files.
+def _exact_chunks(batches: Iterator[pa.Array], n: int) -> Iterator[list]:
+    """Image cells in lists of exactly ``n`` (the last shorter), from batches of any size
+    (a Parquet file's batches stop at its row groups)."""
+    buf: list = []
+    for column in batches:
+        buf += [_image_item(v) for v in column.to_pylist()]
+        while len(buf) >= n:
+            yield buf[:n]
+            buf = buf[n:]
+    if buf:
+        yield buf
 
-    Needs ``image`` (encoded bytes, or the HF Image struct) and ``label`` columns;
-    ``domain`` (string or int) and ``split`` ("train"/"test") are optional.
-    """
-    path = Path(path)
-    class_names = None
+
+def _open_table_source(path: Path) -> tuple[pa.Table, list[str], Callable[[int], Iterator[list]],
+                                             list[str] | None, list[Path]]:
+    """(the small columns, every column's name, the image chunks, class names if the source
+    names them, the files read): a Parquet file, or a HF ``save_to_disk`` folder
+    (memory-mapped)."""
     if path.is_dir():
         files = sorted(path.glob("*.arrow"))
         if not files:
             raise DataError(f"{path} holds no *.arrow files: not a Hugging Face dataset folder")
         try:
             table = pa.concat_tables(
-                [pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
-            )
+                [pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
         except pa.ArrowInvalid as e:
             raise DataError(f"cannot read the Arrow files in {path}: {e}") from e
+        names = None
         info_file = path / "dataset_info.json"
         if info_file.exists():
             feats = json.loads(info_file.read_text()).get("features", {})
-            class_names = feats.get("label", {}).get("names")
-    elif path.exists():
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"cannot read Parquet file {path}: {e}") from e
-    else:
+            names = feats.get("label", {}).get("names")
+
+        def chunks(n: int) -> Iterator[list]:
+            column = table.column("image") if "image" in table.column_names else None
+            return _exact_chunks((column.slice(i, n) for i in range(0, len(table), n)), n)
+
+        return table, table.column_names, chunks, names, files
+    if not path.exists():
         raise DataError(f"{path} does not exist; check --source.")
-    missing = {"image", "label"} - set(table.column_names)
+    try:
+        columns = pq.ParquetFile(path).schema_arrow.names
+        table = pq.read_table(path, columns=[c for c in columns if c != "image"])
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"cannot read Parquet file {path}: {e}") from e
+
+    def chunks(n: int) -> Iterator[list]:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=n, columns=["image"])
+        return _exact_chunks((b.column(0) for b in batches), n)
+
+    return table, columns, chunks, None, [path]
+
+
+def _names_and_codes(values: list) -> tuple[list[str], np.ndarray]:
+    names = sorted({str(v) for v in values})
+    index = {n: i for i, n in enumerate(names)}
+    return names, np.asarray([index[str(v)] for v in values], np.int64)
+
+
+def plan_table_source(path: str | Path, req: ImportRequest) -> ImportPlan:
+    """A Parquet file, or a Hugging Face ``save_to_disk`` folder of ``*.arrow`` files.
+
+    Needs ``image`` (encoded bytes, or the HF Image struct) and ``label`` columns;
+    ``domain`` (string or int), ``split`` ("train"/"test") and the group column named by
+    ``req.group_column`` are optional. Only the small columns are read here; images are
+    read chunk by chunk as the import decodes them.
+    """
+    path = Path(path)
+    table, columns, chunks, class_names, files = _open_table_source(path)
+    missing = {"image", "label", *([req.group_column] if req.group_column else [])} - set(columns)
     if missing:
         raise DataError(
             f"{path} lacks the column(s) {sorted(missing)}; it has "
-            f"{table.column_names}. Rename the columns to image/label(/domain/split)."
+            f"{columns}. Rename the columns to image/label(/domain/split)."
         )
-    images = _column_images(table.column("image"), size, str(path))
     labels = np.asarray(table.column("label").to_pylist())
     if labels.dtype.kind not in "iu":
-        names = sorted(set(labels.tolist()))
+        names, labels = _names_and_codes(labels.tolist())
         class_names = class_names or names
-        labels = np.asarray([names.index(v) for v in labels])
     class_names = class_names or [str(i) for i in range(int(labels.max()) + 1)]
     if "domain" in table.column_names:
-        raw = [str(v) for v in table.column("domain").to_pylist()]
-        domain_names = sorted(set(raw))
-        domains = np.asarray([domain_names.index(v) for v in raw])
+        domain_names, domains = _names_and_codes(table.column("domain").to_pylist())
     else:
         domain_names, domains = [path.stem], np.zeros(len(labels), np.int64)
+    groups = group_names = None
+    if req.group_column:
+        group_names, groups = _names_and_codes(table.column(req.group_column).to_pylist())
     if "split" in table.column_names:
         splits = np.asarray([str(v) for v in table.column("split").to_pylist()])
-    else:
-        rng = np.random.default_rng(seed)
+    else:  # stratified per domain, or per group: then every group has test rows
+        rng = np.random.default_rng(req.seed)
         splits = np.empty(len(labels), dtype="<U5")
-        for d in range(len(domain_names)):
-            m = domains == d
-            splits[m] = stratified_split(labels[m], test_fraction, rng)
+        by = groups if groups is not None else domains
+        for g in range(int(by.max()) + 1 if len(by) else 0):
+            m = by == g
+            splits[m] = stratified_split(labels[m], req.test_fraction, rng)
+    if len(set(labels.tolist())) < 2:
+        raise DataError(f"{path} holds one class: a classification data set needs two or more.")
     info = DatasetInfo(
         name=path.stem,
         class_names=list(class_names),
         domain_names=domain_names,
-        image_shape=(size, size, 3),
-        source={"importer": "table", "path": str(path.resolve())},
+        image_shape=(req.size, req.size, 3),
+        source={"importer": "table", "path": str(path.resolve()), "resize": req.resize,
+                **({"group_column": req.group_column} if req.group_column else {})},
+        pixels=req.pixels,
+        groups=len(group_names) if group_names else 0,
     )
-    return make_table(info, images, labels, domains, splits), info
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return ImportPlan(info, labels, domains, splits, chunks, lambda i: f"{path.name} row {i}",
+                      hashlib.sha256(repr(stamp).encode()).hexdigest(), groups,
+                      resize=req.resize, quality=req.quality)
 
 
 @register_importer("digits4", needs_path=False)
-def _digits4(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+def _digits4(req: ImportRequest) -> Imported:
     return build_digits4(seed=req.seed, test_fraction=req.test_fraction,
                          extra_domains=req.extra_domains)
 
 
 @register_importer("image_folder")
-def _image_folder(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
-    return import_image_folder(req.path, size=req.size, test_fraction=req.test_fraction,
-                               seed=req.seed)
+def _image_folder(req: ImportRequest) -> Imported:
+    return plan_image_folder(req.path, size=req.size, test_fraction=req.test_fraction,
+                             seed=req.seed, resize=req.resize, pixels=req.pixels,
+                             quality=req.quality, classes=req.classes)
 
 
 @register_importer("cifar10")
-def _cifar10(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+def _cifar10(req: ImportRequest) -> Imported:
     return import_cifar(req.path, "cifar10")
 
 
 @register_importer("cifar100")
-def _cifar100(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
+def _cifar100(req: ImportRequest) -> Imported:
     return import_cifar(req.path, "cifar100")
 
 
 @register_importer("parquet")
 @register_importer("hf")
-def _table(req: ImportRequest) -> tuple[pa.Table, DatasetInfo]:
-    return import_table_source(req.path, size=req.size, test_fraction=req.test_fraction,
-                               seed=req.seed)
+def _table(req: ImportRequest) -> Imported:
+    return plan_table_source(req.path, req)

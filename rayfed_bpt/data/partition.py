@@ -15,6 +15,9 @@ client's test part follows its own label and domain mix.
   ``pi_k ~ Dirichlet(domain_alpha)`` (several domains per client, the intra-client
   heterogeneity pFedBayesPT targets) and, when ``label_alpha`` is set, label
   proportions ``lambda_k ~ Dirichlet(label_alpha)``; ``W[k, (d, c)] = pi_kd * lambda_kc``.
+- ``natural``    cells = the dataset's groups (a writer, a user: its ``group`` column);
+  each group goes whole to one client (largest groups first, to the client holding
+  least), test rows with it: the federation FEMNIST-style data sets come with.
 
 Each is registered by name (``@register_partitioner``) with the recipe options it
 reads; the recipe type itself is ``config.PartitionConfig``.
@@ -22,6 +25,7 @@ reads; the recipe type itself is ``config.PartitionConfig``.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -32,20 +36,23 @@ from ..config import PartitionConfig
 from ..errors import ConfigError, DataError
 
 # name -> (weights function, the recipe options it reads beyond num_clients, seed,
-# min_samples, max_draws, whether it draws at random and may redraw for min_samples)
-_PARTITIONERS: plugins.Registry[tuple[Callable, tuple[str, ...], bool]] = \
+# min_samples, max_draws, whether it draws at random and may redraw for min_samples,
+# whether its cells are the dataset's groups)
+_PARTITIONERS: plugins.Registry[tuple[Callable, tuple[str, ...], bool, bool]] = \
     plugins.Registry("partitioners")
 
 
-def register_partitioner(name: str, reads: tuple[str, ...] = (), random: bool = False):
+def register_partitioner(name: str, reads: tuple[str, ...] = (), random: bool = False,
+                         by_group: bool = False):
     """Make ``fn(cfg, labels, domains, num_classes, num_domains, rng) -> (cells, W)``
     the partitioner ``name``: adding one is one decorated function (here or in a
     plugin). ``reads`` names the ``PartitionConfig`` fields it uses (they go into the
     manifest and the folder name); ``random``: it draws, and may redraw to meet
-    ``min_samples``."""
+    ``min_samples``; ``by_group``: ``fn`` also gets ``groups=`` (each train row's group)
+    and returns groups as its cells, and the test rows follow their group."""
 
     def deco(fn: Callable) -> Callable:
-        _PARTITIONERS.add(name, (fn, reads, random), fn)
+        _PARTITIONERS.add(name, (fn, reads, random, by_group), fn)
         return fn
 
     return deco
@@ -55,7 +62,7 @@ def partitioner_names() -> list[str]:
     return _PARTITIONERS.names()
 
 
-def _partitioner(name: str) -> tuple[Callable, tuple[str, ...], bool]:
+def _partitioner(name: str) -> tuple[Callable, tuple[str, ...], bool, bool]:
     found = _PARTITIONERS.get(name)
     if found is None:
         raise ConfigError(f"unknown partitioner {name!r} (data.partitioner / --partitioner); "
@@ -65,7 +72,7 @@ def _partitioner(name: str) -> tuple[Callable, tuple[str, ...], bool]:
 
 def recipe_record(cfg: PartitionConfig) -> dict:
     """The recipe options that matter for its partitioner (what a manifest records)."""
-    _, reads, _ = _partitioner(cfg.partitioner)
+    _, reads, _, _ = _partitioner(cfg.partitioner)
     keep = ("partitioner", "num_clients", "seed", "min_samples", "max_draws", *reads)
     return {f.name: getattr(cfg, f.name) for f in fields(PartitionConfig) if f.name in keep}
 
@@ -163,6 +170,26 @@ def _domain(cfg, labels, domains, num_classes, num_domains, rng):
     return domains, w
 
 
+@register_partitioner("natural", by_group=True)
+def _natural(cfg, labels, domains, num_classes, num_domains, rng, groups):
+    sizes = np.bincount(groups)
+    present = np.flatnonzero(sizes)
+    K = cfg.num_clients
+    if K > len(present):
+        raise DataError(f"partitioner natural gives each group to one client, and the data set "
+                        f"has {len(present)} groups with training rows for {K} clients: use at "
+                        f"most {len(present)} clients (--num-clients).")
+    order = rng.permutation(present)
+    order = order[np.argsort(-sizes[order], kind="stable")]  # largest first, ties at random
+    held = [(0, k) for k in range(K)]  # (rows held, client): the least-held client next
+    w = np.zeros((K, len(sizes)))
+    for g in order:
+        rows, k = heapq.heappop(held)
+        w[k, g] = 1
+        heapq.heappush(held, (rows + int(sizes[g]), k))
+    return groups, w
+
+
 @register_partitioner("domain_mix", reads=("domain_alpha", "label_alpha"), random=True)
 def _domain_mix(cfg, labels, domains, num_classes, num_domains, rng):
     K = cfg.num_clients
@@ -182,12 +209,19 @@ def partition_indices(
     is_train: np.ndarray,
     num_classes: int,
     num_domains: int,
+    groups: np.ndarray | None = None,
 ) -> Partition:
-    """Split a dataset's examples among ``cfg.num_clients`` clients.
+    """Split a dataset's examples among ``cfg.num_clients`` clients (``groups``: each
+    example's natural group, for a partitioner that deals whole groups).
 
     Raises a ``DataError`` when ``min_samples`` train examples per client cannot
     be met within ``cfg.max_draws`` draws, rather than retrying forever.
     """
+    weights, _, random, by_group = _partitioner(cfg.partitioner)
+    if by_group and groups is None:
+        raise DataError(f"partitioner {cfg.partitioner!r} deals the data set's groups, and this "
+                        "data set has no group column: import it with `rayfed-bpt data prepare "
+                        "... --group-column NAME` (a writer or user id column).")
     labels = np.asarray(labels, np.int64)
     domains = np.asarray(domains, np.int64)
     is_train = np.asarray(is_train, bool)
@@ -205,15 +239,15 @@ def partition_indices(
             f"{K} clients x min_samples={cfg.min_samples} = {K * cfg.min_samples} exceeds the "
             f"{n_train} training examples. Lower --min-samples or use fewer clients."
         )
-    weights, _, random = _partitioner(cfg.partitioner)
     if cfg.seed is None:
         cfg = cfg.recipe(0)
     rng = np.random.default_rng(cfg.seed)
     draws = cfg.max_draws if random else 1
     smallest = 0
+    extra = {"groups": np.asarray(groups, np.int64)[train_idx]} if by_group else {}
     for _ in range(draws):
         cells, w = weights(
-            cfg, labels[train_idx], domains[train_idx], num_classes, num_domains, rng
+            cfg, labels[train_idx], domains[train_idx], num_classes, num_domains, rng, **extra
         )
         owner = deal(cells, w, rng)
         sizes = np.bincount(owner[owner >= 0], minlength=K)
@@ -231,14 +265,16 @@ def partition_indices(
             f"draw(s) (smallest client: {smallest}). Lower --min-samples, use fewer clients, "
             f"or {hint}."
         )
-    # Deal the test split by each client's own (domain, label) train mix.
-    joint = domains * num_classes + labels
-    num_cells = num_domains * num_classes
-    train_counts = np.zeros((K, num_cells))
-    assigned = owner >= 0
-    np.add.at(train_counts, (owner[assigned], joint[train_idx][assigned]), 1)
-    test_owner = deal(joint[test_idx], train_counts, rng)
-    _give_every_client_a_test_example(test_owner, joint[test_idx], train_counts)
+    if by_group:  # test rows go where their group went
+        test_owner = deal(np.asarray(groups, np.int64)[test_idx], w, rng)
+    else:  # the test split dealt by each client's own (domain, label) train mix
+        joint = domains * num_classes + labels
+        num_cells = num_domains * num_classes
+        train_counts = np.zeros((K, num_cells))
+        assigned = owner >= 0
+        np.add.at(train_counts, (owner[assigned], joint[train_idx][assigned]), 1)
+        test_owner = deal(joint[test_idx], train_counts, rng)
+        _give_every_client_a_test_example(test_owner, joint[test_idx], train_counts)
 
     def group(idx: np.ndarray, own: np.ndarray) -> list[np.ndarray]:
         keep = own >= 0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from .dataset import default_data_root, save_dataset
 from .importers import ImportRequest, importer
+from .stream import ImportPlan, write_import
 
 
 def builtin_dataset_path(root: str | Path | None = None, extra_domains: Sequence[str] = ()) -> Path:
@@ -20,17 +23,26 @@ def prepare(
     source: str = "digits4",
     path: str | Path | None = None,
     out: str | Path | None = None,
-    size: int = 32,
-    extra_domains: Sequence[str] = (),
-    seed: int = 0,
-    test_fraction: float = 0.2,
     overwrite: bool = False,
+    strict: bool = False,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    show: bool | None = None,
+    **request,
 ) -> Path:
     """Import ``source`` (read from ``path``) into the Arrow dataset file ``out``, with
-    the importer registered under that name."""
+    the importer registered under that name; ``request``: the ``ImportRequest`` fields
+    (size, pixels, resize, classes, ...). A streamed source is decoded by ``executor``
+    (default: ``workers`` local processes), resuming a killed import of the same
+    source and options; its unreadable files are skipped and listed in the sidecar,
+    or with ``strict`` refused."""
     read, needs_path = importer(source)
     if needs_path and path is None:
         raise ConfigError(f"source {source!r} needs --source PATH (the files to import)")
+    unknown = set(request) - ({f.name for f in fields(ImportRequest)} - {"path"})
+    if unknown:
+        raise ConfigError(f"prepare() got unknown import options {sorted(unknown)}")
+    extra_domains = tuple(request.pop("extra_domains", ()))
     if extra_domains and source != "digits4":
         raise ConfigError("--extra-domains applies to the built-in digits4 source only")
     if source == "digits4":
@@ -41,8 +53,13 @@ def prepare(
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists. Pass --overwrite to rebuild it.")
-    table, info = read(ImportRequest(Path(path) if path is not None else None, size,
-                                     test_fraction, seed, tuple(extra_domains)))
+    if "classes" in request:
+        request["classes"] = tuple(request["classes"])
+    found = read(ImportRequest(Path(path) if path is not None else None,
+                               extra_domains=extra_domains, **request))
+    if isinstance(found, ImportPlan):
+        return write_import(found, out, executor, workers, strict, show)
+    table, info = found
     return save_dataset(table, info, out)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import PartitionReader
+from .reader import PartitionReader
 
 
 def count_matrices(reader: PartitionReader, split: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,9 @@
 """Hosting clients in one process, and the pool that trains them all right here.
 
-``ClientHost`` is the frozen backbone, the algorithm and an LRU of opened client
-shards (memory-mapped, cheap to reopen) with their cached features. The
-in-process pool has one; every Ray client actor wraps one. Both compute through
-the same code, so they agree.
+``ClientHost`` is the frozen backbone, the algorithm and an LRU of opened clients
+(their rows of the memory-mapped data, cheap to reopen, with labels and cached
+features), bounded in count and in bytes. The in-process pool has one; every Ray
+client actor wraps one. Both compute through the same code, so they agree.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class ClientHost:
         self.cfg = cfg
         # shard hashes were checked once before any host started; here only sizes
         self.reader = reader or PartitionReader(partition_dir, verify=False)
+        self.reader.threads = cfg.runtime.threads  # encoded pixels decode on our own CPUs
         backbone = load_backbone(cfg)
         if device is not None:
             backbone = backbone.to(device)
@@ -38,16 +39,21 @@ class ClientHost:
         self.group_size = group_size  # resolved once, by the pool
         self.trained: set[int] = set()
         self.capacity = cfg.runtime.client_cache
+        self.max_bytes = int(cfg.runtime.client_cache_mb * 2**20)
         self._clients: OrderedDict[int, ClientData] = OrderedDict()
         self._variants: dict[str, object] = {}
 
     def client(self, k: int) -> ClientData:
-        """Client ``k``'s data (and its cached features), opened on first use."""
+        """Client ``k``'s data (and its cached features), opened on first use. The least
+        recently used clients are closed while more than ``runtime.client_cache`` are
+        open or they hold more than ``runtime.client_cache_mb`` (the one in use stays)."""
         data = self._clients.pop(k, None)
         if data is None:
             data = load_client(self.reader, k, self.cfg)
         self._clients[k] = data
-        while len(self._clients) > self.capacity:
+        while len(self._clients) > 1 and (
+                len(self._clients) > self.capacity
+                or sum(map(client_bytes, self._clients.values())) > self.max_bytes):
             self._clients.popitem(last=False)
         return data
 
@@ -85,16 +91,23 @@ class ClientHost:
                 "clients": sorted(self.trained)}
 
     def memory(self) -> dict:
-        """What hosting clients costs: process RSS, and per open client the bytes of its
-        tensors (labels, cached features) beyond the memory-mapped images."""
+        """What hosting clients costs: process RSS, and per open client the bytes it holds
+        (labels, cached features) beyond the memory-mapped images."""
         import psutil  # Ray's own dependency
 
-        per_client = [sum(t.numel() * t.element_size()
-                          for t in [*d.labels.values(), *d.cache.values()])
-                      for d in self.opened()]
+        per_client = [client_bytes(d) for d in self.opened()]
         return {"rss": psutil.Process().memory_info().rss, "open_clients": len(per_client),
                 "client_bytes_max": max(per_client, default=0),
                 "client_bytes_mean": sum(per_client) / max(1, len(per_client))}
+
+
+def client_bytes(data: ClientData) -> int:
+    """What an open client holds in memory: its labels, domains, row numbers and cached
+    features (its images stay in the memory-mapped file)."""
+    tensors = sum(t.numel() * t.element_size() for t in [*data.labels.values(),
+                                                         *data.cache.values()])
+    arrays = sum(a.nbytes for a in data.domains.values())
+    return tensors + arrays + sum(r.rows.nbytes for r in data.images.values())
 
 
 class InProcessPool:

@@ -1,0 +1,111 @@
+"""Images in and out of the dataset: open any file as RGB, fit it to the stored size,
+encode it, decode it. PIL (libjpeg-turbo) only; each function is a plain, picklable
+module-level function, so an import can run it in worker processes or Ray tasks.
+
+Fitting follows timm's evaluation transform: the short side resized to the target,
+then a centre crop (``resize="crop"``); ``"squash"`` resizes both sides to the target
+and changes the aspect ratio (the importer of schema version 1 did that). A JPEG
+source is decoded at a reduced scale first where libjpeg can (``Image.draft``): a
+4000-pixel photo is never decoded at full size to make a 224-pixel image.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+RESIZE = ("crop", "squash")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+#: JPEG quality of stored images: at 224 px about a third of a typical source photo's bytes
+QUALITY = 90
+
+
+class BadImage(ValueError):
+    """A file that is no readable image (why: the message)."""
+
+
+def open_image(src: bytes | str | Path, size: int | None = None, resize: str = "crop"
+               ) -> Image.Image:
+    """An image file (or its bytes) opened and loaded; a JPEG that will be fitted to
+    ``size`` is decoded at the smallest scale libjpeg offers that still covers it.
+    ``BadImage`` if it is no readable image."""
+    try:
+        im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        if size is not None and im.format == "JPEG":
+            im.draft(im.mode, fitted_size(*im.size, size, resize))
+        im.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImage(str(e) or type(e).__name__) from None
+    return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB: grayscale, CMYK, palette and 16-bit modes converted, transparency
+    composited onto white (not dropped to whatever colour lies beneath it)."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float64)  # 16/32-bit gray: scaled to 8 bits
+        top = 65535.0 if im.mode.startswith("I;16") else max(1.0, float(arr.max()))
+        im = Image.fromarray((arr * (255.0 / top)).round().clip(0, 255).astype(np.uint8))
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def fitted_size(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
+    """The size an image is resized to before its centre crop."""
+    if resize == "squash":
+        return size, size
+    s = size / min(width, height)
+    return max(size, math.ceil(width * s - 1e-9)), max(size, math.ceil(height * s - 1e-9))
+
+
+def fit(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
+    """``im`` at ``size`` x ``size``: resized (antialiased bilinear), centre-cropped."""
+    w, h = fitted_size(*im.size, size, resize)
+    if (w, h) != im.size:
+        im = im.resize((w, h), Image.BILINEAR)
+    if (w, h) == (size, size):
+        return im
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def load_image(src: bytes | str | Path, size: int, resize: str = "crop") -> np.ndarray:
+    """A file (or its bytes) as a (size, size, 3) uint8 array; ``BadImage`` if unreadable."""
+    return np.asarray(fit(to_rgb(open_image(src, size, resize)), size, resize), np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = QUALITY) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def decode_jpeg(data: bytes | memoryview) -> np.ndarray:
+    """Stored bytes back to (H, W, 3) uint8 (what every reader of a jpeg dataset calls)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def prepare_chunk(items: Sequence, size: int, resize: str, pixels: str,
+                  quality: int = QUALITY) -> tuple[list, list[tuple[int, str]]]:
+    """One chunk of an import: each item (a path, or a file's bytes) opened, fitted and
+    stored as ``pixels``; returns (the stored images of the readable items, in order;
+    (position, reason) of each unreadable one)."""
+    out, bad = [], []
+    for i, item in enumerate(items):
+        try:
+            if item is None:
+                raise BadImage("the row holds no image")
+            image = load_image(item, size, resize)
+        except BadImage as e:
+            bad.append((i, str(e)))
+            continue
+        out.append(encode_jpeg(image, quality) if pixels == "jpeg" else image)
+    return out, bad
