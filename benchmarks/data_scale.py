@@ -191,9 +191,11 @@ def measure(work: Path, n: int, quick: bool) -> list[dict]:
                   "--pixels", pixels, "--out", str(out), "--overwrite"]
         _, seconds, pss, rss = cli(*common, watch=True)
         workers = os.cpu_count() or 1
-        single = None
+        single = by_ray = None
         if not quick:
             single = cli(*common, "--workers", "1")[1]
+            if pixels == "jpeg":  # the same import as Ray tasks (a local Ray it starts)
+                by_ray = cli(*common, "--ray")[1]
         t = time.perf_counter()
         part = work / "partitions" / f"n{n}-{pixels}"
         clients = max(2, min(20, n // 50))
@@ -205,7 +207,7 @@ def measure(work: Path, n: int, quick: bool) -> list[dict]:
         rows.append({
             "images": n, "pixels": pixels, "import_s": seconds,
             "img_per_s": n / seconds, "img_per_s_core": n / seconds / workers,
-            "speedup": (single / seconds) if single else None,
+            "speedup": (single / seconds) if single else None, "ray_s": by_ray,
             "peak_pss_gb": pss, "peak_rss_gb": rss,
             "dataset_mb": out.stat().st_size / 2**20, "source_mb": source_bytes / 2**20,
             "dataset_over_source": out.stat().st_size / source_bytes,
@@ -226,13 +228,14 @@ def main() -> None:
     work = Path(args.work)
     rows = [r for n in map(int, args.sizes.split(",")) for r in measure(work, n, args.quick)]
     print(f"\n{os.cpu_count()} cores here\n")
-    print("| images | pixels | import s | img/s/core | speed-up vs 1 process | peak PSS GB "
-          "(RSS) | dataset / source | partition % | start -> round 1 s | read ms/32 | "
-          "step ms/32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| images | pixels | import s | as Ray tasks s | img/s/core | speed-up vs 1 process "
+          "| peak PSS GB (RSS) | dataset / source | partition % | start -> round 1 s | "
+          "read ms/32 | step ms/32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-        print(f"| {r['images']:,} | {r['pixels']} | {r['import_s']:.1f} | "
+        ray = f"{r['ray_s']:.1f}" if r["ray_s"] else "-"
+        print(f"| {r['images']:,} | {r['pixels']} | {r['import_s']:.1f} | {ray} | "
               f"{r['img_per_s_core']:.0f} | {speed} | {r['peak_pss_gb']:.2f} "
               f"({r['peak_rss_gb']:.2f}) | {r['dataset_over_source']:.2f} | "
               f"{r['partition_pct']:.3f} | {r['start_to_round1_s']:.1f} | "

@@ -21,6 +21,8 @@ BENCH = REPO / "benchmarks"
 
 # script -> its smallest mode ({tmp}: a scratch folder); the output must contain `expect`
 SMALLEST = {
+    "data_scale.py": (["--sizes", "200", "--quick", "--work", "{tmp}/data"],
+                      "DomainNet estimate (jpeg"),
     "fault_costs.py": (["--quick", "--work", "{tmp}/faults"], "| True |"),
     "headroom.py": (["--quick", "--settings", "domain_mix8", "--seeds", "0"], "| domain_mix8 |"),
     "partition_speed.py": (["--examples", "2000", "--clients", "20"], "20 clients"),
@@ -60,7 +62,7 @@ def run_benchmark(name: str, tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(set(SMALLEST) - {"scale.py"}))
+@pytest.mark.parametrize("name", sorted(set(SMALLEST) - {"scale.py", "data_scale.py"}))
 def test_benchmark_runs_in_its_smallest_mode(name, digits4_path, tmp_path):
     run_benchmark(name, tmp_path)
 
@@ -72,6 +74,16 @@ def test_scale_benchmark_checkpoints_only_what_a_round_trained(tmp_path):
     assert row["clients"] == 200 and row["eval_clients"] == 50
     # kept Adam state: a round writes its clients' pieces and the global file, no more
     assert 0 < row["trained_state_mb"] <= row["ckpt_mb_round"] <= 2 * row["trained_state_mb"]
+
+
+@pytest.mark.slow  # ~1.5 min: 2 imports of 200 photos, 2 partitions, 2 one-round runs
+def test_data_scale_benchmark_stores_jpeg_small_and_partitions_as_indices(tmp_path):
+    out = run_benchmark("data_scale.py", tmp_path)
+    rows = {r["pixels"]: r for r in map(json.loads, (ln for ln in out.splitlines()
+                                                     if ln.startswith("{")))}
+    assert rows["jpeg"]["dataset_over_source"] < 1.2 < rows["raw"]["dataset_over_source"]
+    assert all(r["partition_pct"] < 1 for r in rows.values())  # row numbers, not pixels
+    assert rows["jpeg"]["read_ms_32"] < rows["jpeg"]["step_ms_32"]
 
 
 @pytest.mark.slow

@@ -65,15 +65,16 @@ def write_batches(table: pa.Table, sink, max_rows: int | None = None,
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, max_rows: int | None = None,
-                keep_batches: bool = False) -> str:
-    """``write_batches`` into the file ``path``, atomically; return its sha256."""
+                keep_batches: bool = False, digest: bool = True) -> str:
+    """``write_batches`` into the file ``path``, atomically; return its sha256 (with
+    ``digest``; else "")."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
     try:
         with pa.OSFile(str(tmp), "wb") as sink:
             write_batches(table, sink, max_rows, keep_batches)
-        digest = sha256_file(tmp)
+        digest = sha256_file(tmp) if digest else ""
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -58,7 +58,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def fitted_size(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
-    """The size an image is resized to before its centre crop."""
+    """The smallest source size that still covers the target (for a reduced decode)."""
     if resize == "squash":
         return size, size
     s = size / min(width, height)
@@ -66,24 +66,29 @@ def fitted_size(width: int, height: int, size: int, resize: str) -> tuple[int, i
 
 
 def fit(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
-    """``im`` at ``size`` x ``size``: resized (antialiased bilinear), centre-cropped."""
-    w, h = fitted_size(*im.size, size, resize)
-    if (w, h) != im.size:
-        im = im.resize((w, h), Image.BILINEAR)
-    if (w, h) == (size, size):
+    """``im`` at ``size`` x ``size``: the centre region that fills the target after an
+    aspect-preserving resize (``crop``) or the whole image (``squash``), resized in one
+    antialiased bilinear pass (only that region is resampled)."""
+    w, h = im.size
+    if resize == "squash" or w == h:
+        box = (0.0, 0.0, float(w), float(h))
+    else:
+        side = min(w, h)  # the centre square of the source is what the crop keeps
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    if im.size == (size, size):
         return im
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    return im.resize((size, size), Image.BILINEAR, box=box)
 
 
-def load_image(src: bytes | str | Path, size: int, resize: str = "crop") -> np.ndarray:
-    """A file (or its bytes) as a (size, size, 3) uint8 array; ``BadImage`` if unreadable."""
-    return np.asarray(fit(to_rgb(open_image(src, size, resize)), size, resize), np.uint8)
+def load_image(src: bytes | str | Path, size: int, resize: str = "crop") -> Image.Image:
+    """A file (or its bytes) as a (size, size) RGB image; ``BadImage`` if unreadable."""
+    return fit(to_rgb(open_image(src, size, resize)), size, resize)
 
 
-def encode_jpeg(image: np.ndarray, quality: int = QUALITY) -> bytes:
+def encode_jpeg(image: Image.Image | np.ndarray, quality: int = QUALITY) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(image).save(out, format="JPEG", quality=quality)
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    image.save(out, format="JPEG", quality=quality)
     return out.getvalue()
 
 
@@ -107,5 +112,6 @@ def prepare_chunk(items: Sequence, size: int, resize: str, pixels: str,
         except BadImage as e:
             bad.append((i, str(e)))
             continue
-        out.append(encode_jpeg(image, quality) if pixels == "jpeg" else image)
+        out.append(encode_jpeg(image, quality) if pixels == "jpeg"
+                   else np.asarray(image, np.uint8))
     return out, bad

@@ -2,14 +2,17 @@
 
 An importer that reads many image files returns an ``ImportPlan``: the dataset's info
 and, per example, its label, domain and split, with the images not yet opened. Here
-the plan's chunks (one record batch of rows each) are opened, fitted and encoded in
-worker processes (an ``Executor``: a local process pool, or Ray tasks on every node
-of a cluster, ``runtime/import_tasks.py``), at most a few chunks in flight, so memory
-stays flat however many images there are. Each finished chunk is a part file under
-``.<name>.parts/`` beside the output; a killed import started again with the same
-source and options keeps its finished parts. At the end the parts become one
-dataset file (in chunk order: the same bytes as an import never interrupted), and
-the sidecar lists every file that was skipped, and why.
+the plan is cut into chunks of ``CHUNK_ROWS`` examples; a worker (an ``Executor``: a
+local process pool, or Ray tasks on every node of a cluster,
+``runtime/import_tasks.py``) opens, fits and encodes a chunk's images and writes
+them, with their labels, as a part file under ``.<name>.parts/`` beside the output.
+Only the list of unreadable files travels back, and at most twice as many chunks as
+workers are in flight, so memory stays flat however many images there are. A
+finished part gets a small JSON beside it; a killed import started again with the
+same source and options keeps those parts. At the end the parts become one dataset
+file in record batches of ``rows_per_batch`` (in chunk order: the same bytes as an
+import never interrupted), hashed as it is written, and the sidecar lists every
+file that was skipped, and why.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DataError
-from .arrow_io import sha256_file, tmp_path_for, write_json, write_table
+from .arrow_io import tmp_path_for, write_json, write_table
 from .dataset import write_sidecar
 from .pixels import QUALITY, prepare_chunk
 from .schema import SCHEMA_VERSION, DatasetInfo, arrow_schema, make_batch, rows_per_batch
@@ -170,8 +173,13 @@ def write_import(plan: ImportPlan, out: Path, executor: Executor | None = None,
         for i, items in enumerate(plan.chunks(rows)):
             if i in done:
                 continue
-            pending[executor.submit(prepare_chunk, items, plan.info.image_shape[0],
-                                    plan.resize, plan.info.pixels, plan.quality)] = i
+            first = i * rows
+            keep = slice(first, first + len(items))
+            columns = {"ids": np.arange(first, first + len(items)), "labels": plan.labels[keep],
+                       "domains": plan.domains[keep], "splits": plan.splits[keep],
+                       "groups": None if plan.groups is None else plan.groups[keep]}
+            pending[executor.submit(write_part, items, columns, plan.info.to_json(),
+                                    plan.resize, plan.quality, str(_part(folder, i)))] = i
             if len(pending) >= 2 * workers:
                 _finish(wait(pending, return_when=FIRST_COMPLETED).done, pending, plan, folder,
                         rows, progress, strict)
@@ -199,26 +207,69 @@ def _open_parts(folder: Path, sig: str) -> Path:
     return folder
 
 
+def _part(folder: Path, i: int) -> Path:
+    return folder / f"part_{i:06d}.arrow"
+
+
+def write_part(items: list, columns: dict, info: dict, resize: str, quality: int,
+               path: str) -> list[tuple[int, str]]:
+    """A worker's whole share of an import: one chunk's images opened, fitted and stored,
+    written with their labels as the part file ``path``; returns (position, reason) of
+    each unreadable item. Only that travels back: no pixels cross processes or nodes."""
+    meta = DatasetInfo.from_json(info)
+    images, bad = prepare_chunk(items, meta.image_shape[0], resize, meta.pixels, quality)
+    keep = np.setdiff1d(np.arange(len(items)), [j for j, _ in bad])
+    groups = columns["groups"]
+    batch = make_batch(meta, images, columns["labels"][keep], columns["domains"][keep],
+                       columns["splits"][keep], columns["ids"][keep],
+                       None if groups is None else groups[keep])
+    write_table(pa.Table.from_batches([batch], batch.schema), path, digest=False)
+    return bad
+
+
 def _finish(futures, pending: dict[Future, int], plan: ImportPlan, folder: Path, rows: int,
             progress: Progress, strict: bool) -> None:
-    """Write each finished chunk as a part: its rows, then its record of skipped files."""
+    """Record each finished part (its JSON marks it done): its rows and skipped files."""
     for f in futures:
         i = pending.pop(f)
-        images, bad = f.result()
+        bad = f.result()
         first = i * rows
         count = min(rows, len(plan) - first)
         skipped = [{"file": plan.name(first + j), "reason": why} for j, why in bad]
         if strict and skipped:
             raise DataError(_refusal(skipped))
-        keep = np.setdiff1d(np.arange(first, first + count), [first + j for j, _ in bad])
-        batch = make_batch(plan.info, images, plan.labels[keep], plan.domains[keep],
-                           plan.splits[keep], keep,
-                           None if plan.groups is None else plan.groups[keep])
-        write_table(pa.Table.from_batches([batch], batch.schema), folder / f"part_{i:06d}.arrow")
-        write_json({"rows": len(keep), "skipped": skipped}, folder / f"part_{i:06d}.json")
+        write_json({"rows": count - len(bad), "skipped": skipped},
+                   folder / f"part_{i:06d}.json")
         progress.update(count, len(skipped))
         for hook in after_part:
             hook(i)
+
+
+class HashingFile:
+    """A file written once, front to back, hashed as it goes (no second read of a
+    dataset that may be tens of GB)."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by the Arrow sink
+        self.sha256 = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+        self.closed = True
 
 
 def _refusal(skipped: list[dict]) -> str:
@@ -233,7 +284,7 @@ def _part_batches(folder: Path, n_parts: int) -> Iterator[pa.RecordBatch]:
     """Every part's rows, in order, a batch at a time (read, not mapped: the memory stays
     one part's)."""
     for i in range(n_parts):
-        with pa.OSFile(str(folder / f"part_{i:06d}.arrow")) as f:
+        with pa.OSFile(str(_part(folder, i))) as f:
             reader = pa.ipc.open_file(f)
             for b in range(reader.num_record_batches):
                 yield reader.get_batch(b)
@@ -266,7 +317,8 @@ def _assemble(plan: ImportPlan, out: Path, folder: Path, n_parts: int, progress:
     counts = {"train": 0, "test": 0}
     tmp = tmp_path_for(out)
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, \
+        hashed = HashingFile(tmp)
+        with pa.PythonFile(hashed, mode="w") as sink, \
                 pa.ipc.new_file(sink, arrow_schema(plan.info)) as writer:
             for batch in rebatch(_part_batches(folder, n_parts), rows_per_batch(plan.info)):
                 writer.write_batch(batch)
@@ -277,7 +329,7 @@ def _assemble(plan: ImportPlan, out: Path, folder: Path, n_parts: int, progress:
             shutil.rmtree(folder, ignore_errors=True)  # nothing there to resume
             raise DataError(f"none of the {len(plan)} images could be read (first: "
                             f"{skipped[0]['file']}: {skipped[0]['reason']}); nothing written.")
-        digest = sha256_file(tmp)
+        digest = hashed.sha256.hexdigest()
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
