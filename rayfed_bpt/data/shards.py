@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ..config import PartitionConfig
 from ..errors import DataError
-from .arrow_io import file_stamp, match_umask, write_json, write_table
+from .arrow_io import file_stamp, match_umask, sha256_file, write_json, write_table
 from .dataset import Dataset
 from .partition import partition_indices, recipe_record
 from .reader import MANIFEST, ROWS, batch_sha256, rows_sha256
@@ -169,23 +169,22 @@ def _write_files(dataset: Dataset, part, out: Path) -> dict:
 
 
 def _write_packs(dataset: Dataset, part, out: Path) -> dict:
+    """Packs of ``PACK`` clients, one record batch a client, taken and written one client
+    at a time (memory: one client's rows)."""
     clients, packs = [], []
     n = len(part.train)
     for j, first in enumerate(range(0, n, PACK)):
-        ids = range(first, min(first + PACK, n))
-        rows = [np.concatenate([part.train[k], part.test[k]]) for k in ids]
-        table = dataset.table.take(pa.array(np.concatenate(rows))).combine_chunks()
-        batches, offset = [], 0
-        for r in rows:  # one record batch per client (each has test rows): zero-copy slices
-            [batch] = table.slice(offset, len(r)).to_batches()
-            batches.append(batch)
-            offset += len(r)
-        name = pack_name(j)
-        digest = write_table(pa.Table.from_batches(batches, table.schema), out / name,
-                             keep_batches=True)
-        packs.append({"file": name, "sha256": digest, **file_stamp(out / name)})
-        written = pa.ipc.open_file(pa.memory_map(str(out / name), "r"))  # hashed as read
-        clients += [{"file": name, "batch": b, "sha256": batch_sha256(written.get_batch(b))}
+        path = out / pack_name(j)
+        with pa.OSFile(str(path), "wb") as sink, \
+                pa.ipc.new_file(sink, dataset.table.schema) as writer:
+            for k in range(first, min(first + PACK, n)):
+                rows = pa.array(np.concatenate([part.train[k], part.test[k]]))
+                writer.write_table(dataset.table.take(rows).combine_chunks(),
+                                   max_chunksize=len(rows))  # each client has test rows
+        packs.append({"file": path.name, "sha256": sha256_file(path), **file_stamp(path)})
+        written = pa.ipc.open_file(pa.memory_map(str(path), "r"))  # hashed as read
+        clients += [{"file": path.name, "batch": b,
+                     "sha256": batch_sha256(written.get_batch(b))}
                     for b in range(written.num_record_batches)]
     return {"clients": clients, "packs": packs}
 

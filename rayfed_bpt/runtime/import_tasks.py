@@ -21,7 +21,7 @@ class RayExecutor(Executor):
     """``submit(fn, *args)`` runs ``fn`` as a one-CPU Ray task on the cluster."""
 
     def __init__(self, address: str | None = None):
-        self._started = init_ray(address)
+        self._started = init_ray(address, preload="rayfed_bpt.data.stream")
         self._remote: dict[Callable, object] = {}
 
     @property

@@ -29,9 +29,10 @@ from .signals import sigterm_as_interrupt, stop_signal
 from .supervisor import Supervisor, unwrap
 
 
-def init_ray(address: str | None) -> bool:
+def init_ray(address: str | None, preload: str = "rayfed_bpt.engine.host") -> bool:
     """Join ``address`` / $RAY_ADDRESS, or start a local Ray (no dashboard: nobody asked
-    for one). True when this call started Ray."""
+    for one) whose workers import ``preload`` as they start (a run's: torch and the
+    models). True when this call started Ray."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -40,7 +41,7 @@ def init_ray(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, log_to_driver=True,
-                 _system_config={"preload_python_modules": ["rayfed_bpt.engine.host"]})
+                 _system_config={"preload_python_modules": [preload]})
     return True
 
 
