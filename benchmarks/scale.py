@@ -134,7 +134,7 @@ def run(work: Path, alg: str, m: int, k: int, n_eval: int, address: str | None) 
 
 def extrapolate(rows: list[dict], m: int) -> dict:
     """The largest measured row carried to ``m`` clients: what grows with M (partition
-    writing, start-up and resume: reading the manifest and checking every shard's hash)
+    writing, start-up and resume: reading the manifest and checking every file's stamp)
     on the line through the two largest measured sizes (through the origin with one);
     what a round touches (s/round, evaluation of a sample, checkpoint bytes, memory)
     as measured, since it depends on the clients of a round, not on M."""

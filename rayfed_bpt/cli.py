@@ -201,7 +201,7 @@ def cmd_size_actors(args: argparse.Namespace) -> None:
      "tenth of raw at 224 px, decoded per batch where it is used) or raw pixels")
 @arg("--resize", default="crop", choices=("crop", "squash"),
      help="crop (default): short side to --size, then a centre crop (timm's evaluation "
-     "transform); squash: both sides to --size, aspect ratio lost")
+     "transform with crop_pct 1); squash: both sides to --size, aspect ratio lost")
 @arg("--quality", type=int, default=90, help="JPEG quality of stored images (--pixels jpeg)")
 @arg("--classes", help="keep only these classes: a comma list, or a named set "
      "(domainnet10: FedBN's ten DomainNet classes)")

@@ -359,3 +359,36 @@ def test_ray_tasks_import_the_same_bytes_as_local_processes(photo_tree, tmp_path
     local = prepare("image_folder", path=photo_tree, out=tmp_path / "local.arrow", size=64,
                     workers=2, show=False)
     assert by_ray.read_bytes() == local.read_bytes()
+
+
+def test_a_chunk_with_no_readable_image_in_raw_storage_is_skipped(tmp_path, monkeypatch):
+    """Raw pixels: a part whose every file is bad is an empty part, not a crash."""
+    from rayfed_bpt.data import stream
+
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 2)
+    root = tmp_path / "f"
+    for cls in ("a", "b"):
+        (root / "d" / cls).mkdir(parents=True)
+    (root / "d" / "a" / "0.png").write_bytes(b"junk")  # chunk 0: both files bad
+    (root / "d" / "a" / "1.png").write_bytes(b"junk")
+    for i in (2, 3):
+        Image.new("RGB", (9, 9), (0, 90, 0)).save(root / "d" / "b" / f"{i}.png")
+    ds = load_dataset(prepare("image_folder", path=root, out=tmp_path / "r.arrow", size=4,
+                              pixels="raw", workers=1, show=False))
+    assert len(ds) == 2 and ds.ids.tolist() == [2, 3] and len(ds.sidecar["skipped"]) == 2
+
+
+def test_a_plugin_plan_whose_chunks_do_not_add_up_is_refused(tmp_path, monkeypatch):
+    from rayfed_bpt.data import DatasetInfo, ImportPlan, stream
+
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 2)
+    info = DatasetInfo("p", ["a", "b"], ["d"], (4, 4, 3), pixels="raw")
+    png = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(png)
+    plan = ImportPlan(info, np.array([0, 1, 0]), np.zeros(3, int), np.array(["train"] * 3),
+                      lambda n: iter([[str(png)] * 2]), str, "fp")  # 2 of 3 images
+    with pytest.raises(DataError, match="yielded 1 chunks for 3 images; 2 were due"):
+        stream.write_import(plan, tmp_path / "p.arrow", workers=1, show=False)
+    plan.chunks = lambda n: iter([[str(png)]])
+    with pytest.raises(DataError, match="chunk 0 holds 1 images"):
+        stream.write_import(plan, tmp_path / "p.arrow", workers=1, show=False)

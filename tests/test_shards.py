@@ -141,6 +141,7 @@ def test_a_run_start_checks_stamps_and_data_verify_every_byte(digits4_path, tmp_
     data = bytearray(src.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a pixel in the middle, far from both edges
     src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # (a coarse clock, too)
     with pytest.raises(DataError, match="changed since the partition's manifest recorded it"):
         PartitionReader(part).verify_stamps()  # the time moved: hashed in full, refused
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))  # a byte changed behind our back
@@ -236,7 +237,7 @@ def test_existing_output_needs_overwrite_and_failed_write_leaves_nothing(digits4
     mtime = (out / "manifest.json").stat().st_mtime_ns
     write_partition(digits4, PartitionConfig("iid", num_clients=3), out)  # same recipe: kept
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
-    with pytest.raises(DataError, match="already exists with another dataset or config"):
+    with pytest.raises(DataError, match="already exists with another dataset, recipe or layout"):
         write_partition(digits4, PartitionConfig("iid", num_clients=4), out)
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(DataError, match="could not give every"):
@@ -342,3 +343,59 @@ def test_auto_layout_is_indices():
     assert resolve_layout("auto") == "indices" and resolve_layout("packed") == "packed"
     with pytest.raises(DataError, match="allowed: auto, indices, files, packed"):
         resolve_layout("zip")
+
+
+def test_another_layout_over_an_existing_partition_needs_overwrite(digits4, index_dir,
+                                                                   tmp_path):
+    d = _copy(index_dir, tmp_path / "p")
+    assert write_partition(digits4, RECIPE, d) == d  # the same: kept
+    with pytest.raises(DataError, match="already exists with another dataset, recipe or "
+                                        "layout"):
+        write_partition(digits4, RECIPE, d, layout="packed")
+    write_partition(digits4, RECIPE, d, layout="packed", overwrite=True)
+    assert PartitionReader(d).layout == "packed"
+
+
+def test_a_default_partition_an_older_version_made_is_made_again(digits4_path, tmp_path,
+                                                                 monkeypatch):
+    """What `rayfed-bpt run` finds in its cache from before schema 2 (one file a client,
+    manifest version 1) is replaced, not refused; a partition folder someone named is
+    refused with the reason."""
+    from rayfed_bpt.config import DataConfig
+    from rayfed_bpt.data import load_dataset
+    from rayfed_bpt.data.recipe import partition_folder, resolve_partition
+
+    monkeypatch.setenv("RAYFED_BPT_DATA", str(tmp_path))
+    data = DataConfig(dataset=str(digits4_path), num_clients=3)
+    old = partition_folder(digits4_path, data.recipe(0))
+    write_partition(load_dataset(digits4_path), data.recipe(0), old, layout="files")
+    m = json.loads((old / "manifest.json").read_text())
+    m["schema_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="already exists with an older rayfed_bpt's partition"):
+        write_partition(load_dataset(digits4_path), data.recipe(0), old)
+    assert resolve_partition(data, 0) == old
+    assert PartitionReader(old).layout == "indices" and not list(old.glob("client_*"))
+
+
+def test_a_copied_dataset_is_hashed_once_then_known_by_its_stamp(digits4_path, tmp_path,
+                                                                 monkeypatch):
+    import os
+    import shutil
+
+    from rayfed_bpt.data import arrow_io, load_dataset
+
+    src = tmp_path / "d.arrow"
+    shutil.copy(digits4_path, src)  # no sidecar: the partition hashes the file itself
+    part = write_partition(load_dataset(src), RECIPE, tmp_path / "p")
+    assert json.loads((part / "manifest.json").read_text())["dataset"]["sha256"] == \
+        arrow_io.sha256_file(src)
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as a copy or restore does
+    hashed = []
+    monkeypatch.setattr(arrow_io, "sha256_file", lambda p: hashed.append(p) or
+                        arrow_io.hashlib.sha256(open(p, "rb").read()).hexdigest())
+    PartitionReader(part).verify_stamps()
+    assert hashed == [src]  # hashed in full once: only its time had changed ...
+    PartitionReader(part).verify_stamps()
+    assert hashed == [src]  # ... and its new time recorded: the next start reads 2 MiB

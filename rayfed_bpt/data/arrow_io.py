@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,18 +48,33 @@ def tmp_path_for(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_batches(table: pa.Table, sink, max_rows: int | None = None,
-                  keep_batches: bool = False) -> None:
-    """``table`` into an IPC file ``sink``, uncompressed (mmap-friendly). Record batches of
-    ``max_rows`` rows (the last one shorter; unset: one batch), cut where the rows are,
-    whatever chunks the table came in; with ``keep_batches`` the table's own batches (a
-    pack: one per client). One array of a batch holds at most 2 GiB: a dataset's
-    ``max_rows`` keeps every batch far below (``schema.rows_per_batch``)."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A new file beside ``path`` to write, renamed onto ``path`` when the block ends
+    and removed if it fails: a crash never leaves a half-written file under the real
+    name (a hard kill leaves a ``.<name>.*.tmp``, which ``stale_tmp_files`` finds)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def stale_tmp_files(path: Path) -> list[Path]:
+    """Temporary files a killed writer of ``path`` left beside it."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def write_batches(table: pa.Table, sink, max_rows: int | None = None) -> None:
+    """``table`` into an IPC file ``sink``, uncompressed (mmap-friendly), in record batches
+    of ``max_rows`` rows (the last one shorter; unset: one batch), cut where the rows
+    are, whatever chunks the table came in. One array of a batch holds at most 2 GiB:
+    a dataset's ``max_rows`` keeps every batch far below (``schema.rows_per_batch``)."""
     with pa.ipc.new_file(sink, table.schema) as writer:
-        if keep_batches:
-            for batch in table.to_batches():
-                writer.write_batch(batch)
-            return
         step = max(1, max_rows or table.num_rows)
         for start in range(0, max(table.num_rows, 1), step):
             part = table.slice(start, step).combine_chunks()  # at most one batch's bytes
@@ -65,21 +82,13 @@ def write_batches(table: pa.Table, sink, max_rows: int | None = None,
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, max_rows: int | None = None,
-                keep_batches: bool = False, digest: bool = True) -> str:
+                digest: bool = True) -> str:
     """``write_batches`` into the file ``path``, atomically; return its sha256 (with
     ``digest``; else "")."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
+    with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink:
-            write_batches(table, sink, max_rows, keep_batches)
-        digest = sha256_file(tmp) if digest else ""
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return digest
+            write_batches(table, sink, max_rows)
+        return sha256_file(tmp) if digest else ""
 
 
 def file_stamp(path: str | os.PathLike) -> dict:
@@ -96,10 +105,12 @@ def file_stamp(path: str | os.PathLike) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "edges": h.hexdigest()}
 
 
-def check_stamp(path: str | os.PathLike, recorded: dict, sha256: str, what: str) -> None:
+def check_stamp(path: str | os.PathLike, recorded: dict, sha256: str, what: str
+                ) -> dict | None:
     """``path`` is the file ``recorded`` (a ``file_stamp``) and ``sha256`` describe, or a
     DataError that names it. Size and edges decide at once; where only the modification
-    time differs (a copy, a restore), the whole file is hashed once."""
+    time differs (a copy, a restore), the whole file is hashed: then its new stamp is
+    returned, for the caller to record (None: nothing to record)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{what} {path} is missing; restore it, or re-run "
@@ -107,24 +118,18 @@ def check_stamp(path: str | os.PathLike, recorded: dict, sha256: str, what: str)
     now = file_stamp(path)
     changed = now["size"] != recorded.get("size") or now["edges"] != recorded.get("edges")
     if not changed and now["mtime_ns"] == recorded.get("mtime_ns"):
-        return
-    if changed or (sha256 and sha256_file(path) != sha256):
+        return None
+    if changed or not sha256 or sha256_file(path) != sha256:
         raise DataError(f"{what} {path} changed since the partition's manifest recorded it "
                         f"(size {recorded.get('size')} -> {now['size']} bytes, or its "
                         "content). Restore it, or make the partition again (`rayfed-bpt data "
                         "partition --overwrite`); `rayfed-bpt data verify` checks every hash.")
+    return now
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_table(path: str | os.PathLike, what: str = "Arrow file") -> tuple[pa.Table, DatasetInfo]:

@@ -18,6 +18,15 @@ import pyarrow as pa
 from .pixels import decode_jpeg
 from .schema import DatasetInfo
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def decode_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's decoding threads (one pool per size, shared by every column)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+    return _POOLS[threads]
+
 
 class ImageColumn:
     """The image column of a memory-mapped table, chunk-aware. ``threads``: how many
@@ -26,7 +35,6 @@ class ImageColumn:
     def __init__(self, column: pa.ChunkedArray, info: DatasetInfo, threads: int = 1):
         self.info = info
         self.threads = threads
-        self._pool: ThreadPoolExecutor | None = None
         chunks = [c for c in column.chunks if len(c)]
         self._starts = np.cumsum([0, *(len(c) for c in chunks)])
         if info.pixels == "jpeg":
@@ -57,9 +65,7 @@ class ImageColumn:
             return out
         blobs = [self._blob(c, r) for c, r in zip(chunk.tolist(), local.tolist())]
         if self.threads > 1 and len(blobs) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
-            decoded = self._pool.map(decode_jpeg, blobs)
+            decoded = decode_pool(self.threads).map(decode_jpeg, blobs)
         else:
             decoded = map(decode_jpeg, blobs)
         for i, image in enumerate(decoded):

@@ -32,6 +32,13 @@ CLASS_SETS = {
 }
 
 
+def require_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist; check --source.")
+    if not path.is_dir():
+        raise DataError(f"{what} {path} is not a folder; check --source.")
+
+
 def _subfolders(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -68,10 +75,7 @@ def plan_image_folder(root: str | Path, size: int = 32, test_fraction: float = 0
                       quality: int = QUALITY, classes: tuple[str, ...] = ()) -> ImportPlan:
     """Every image under ``root/<domain>/<class>/``, in sorted order, planned."""
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"image folder {root} does not exist; check --source.")
-    if not root.is_dir():
-        raise DataError(f"image folder {root} is not a folder; check --source.")
+    require_dir(root, "image folder")
     domains = _subfolders(root)
     if not domains:
         raise DataError(
@@ -110,7 +114,11 @@ def plan_image_folder(root: str | Path, size: int = 32, test_fraction: float = 0
                     skipped.append({"file": rel, "reason": f"in neither {dom}_train.txt nor "
                                                           f"{dom}_test.txt"})
                     continue
-                st = entry.stat()
+                try:
+                    st = entry.stat()
+                except OSError as e:  # a broken link
+                    skipped.append({"file": rel, "reason": f"cannot be read ({e.strerror})"})
+                    continue
                 stamp.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
                 dom_files.append(rel)
                 dom_labels.append(c)

@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 from .. import plugins
 from ..errors import ConfigError, DataError
 from .digits4 import build_digits4, stratified_split
-from .folder import plan_image_folder
+from .folder import plan_image_folder, require_dir
 from .pixels import QUALITY, RESIZE
-from .schema import PIXELS, DatasetInfo, make_table
+from .schema import PIXELS, SPLITS, DatasetInfo, make_table
 from .stream import ImportPlan
 
 
@@ -89,13 +89,6 @@ def importer(name: str) -> tuple[Importer, bool]:
         raise ConfigError(f"unknown source {name!r}; allowed: {importer_names()} (a plugin's "
                           "importer: --import MODULE)")
     return found
-
-
-def require_dir(path: Path, what: str) -> None:
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist; check --source.")
-    if not path.is_dir():
-        raise DataError(f"{what} {path} is not a folder; check --source.")
 
 
 def _read_cifar_bin(
@@ -184,11 +177,12 @@ def _exact_chunks(batches: Iterator[pa.Array], n: int) -> Iterator[list]:
         yield buf
 
 
-def _open_table_source(path: Path) -> tuple[pa.Table, list[str], Callable[[int], Iterator[list]],
-                                             list[str] | None, list[Path]]:
-    """(the small columns, every column's name, the image chunks, class names if the source
-    names them, the files read): a Parquet file, or a HF ``save_to_disk`` folder
-    (memory-mapped)."""
+def _open_table_source(path: Path, wanted: set[str]
+                       ) -> tuple[pa.Table, list[str], Callable[[int], Iterator[list]],
+                                  list[str] | None, list[Path]]:
+    """(the ``wanted`` small columns the source has, every column's name, the image
+    chunks, class names if the source names them, the files read): a Parquet file, or a
+    HF ``save_to_disk`` folder (memory-mapped)."""
     if path.is_dir():
         files = sorted(path.glob("*.arrow"))
         if not files:
@@ -201,8 +195,13 @@ def _open_table_source(path: Path) -> tuple[pa.Table, list[str], Callable[[int],
         names = None
         info_file = path / "dataset_info.json"
         if info_file.exists():
-            feats = json.loads(info_file.read_text()).get("features", {})
-            names = feats.get("label", {}).get("names")
+            try:
+                feats = json.loads(info_file.read_text()).get("features", {})
+                names = feats.get("label", {}).get("names")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+                raise DataError(f"{info_file} is not the JSON a Hugging Face dataset folder "
+                                f"holds ({e}); restore it or delete it (class names are then "
+                                "the labels' values)") from None
 
         def chunks(n: int) -> Iterator[list]:
             column = table.column("image") if "image" in table.column_names else None
@@ -213,7 +212,7 @@ def _open_table_source(path: Path) -> tuple[pa.Table, list[str], Callable[[int],
         raise DataError(f"{path} does not exist; check --source.")
     try:
         columns = pq.ParquetFile(path).schema_arrow.names
-        table = pq.read_table(path, columns=[c for c in columns if c != "image"])
+        table = pq.read_table(path, columns=[c for c in columns if c in wanted])
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"cannot read Parquet file {path}: {e}") from e
 
@@ -239,7 +238,11 @@ def plan_table_source(path: str | Path, req: ImportRequest) -> ImportPlan:
     read chunk by chunk as the import decodes them.
     """
     path = Path(path)
-    table, columns, chunks, class_names, files = _open_table_source(path)
+    if req.classes:
+        raise ConfigError("--classes keeps classes of an image folder; filter a Parquet/HF "
+                          "source before importing it")
+    wanted = {"label", "domain", "split", *([req.group_column] if req.group_column else [])}
+    table, columns, chunks, class_names, files = _open_table_source(path, wanted)
     missing = {"image", "label", *([req.group_column] if req.group_column else [])} - set(columns)
     if missing:
         raise DataError(
@@ -260,6 +263,11 @@ def plan_table_source(path: str | Path, req: ImportRequest) -> ImportPlan:
         group_names, groups = _names_and_codes(table.column(req.group_column).to_pylist())
     if "split" in table.column_names:
         splits = np.asarray([str(v) for v in table.column("split").to_pylist()])
+        unknown = sorted(set(splits.tolist()) - set(SPLITS))
+        if unknown:
+            raise DataError(f"{path}'s split column holds {unknown[:5]}; allowed: "
+                            f"{list(SPLITS)} (rename them, e.g. validation -> test, or drop "
+                            "the column to split by --test-fraction)")
     else:  # stratified per domain, or per group: then every group has test rows
         rng = np.random.default_rng(req.seed)
         splits = np.empty(len(labels), dtype="<U5")

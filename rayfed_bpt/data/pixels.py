@@ -2,8 +2,9 @@
 encode it, decode it. PIL (libjpeg-turbo) only; each function is a plain, picklable
 module-level function, so an import can run it in worker processes or Ray tasks.
 
-Fitting follows timm's evaluation transform: the short side resized to the target,
-then a centre crop (``resize="crop"``); ``"squash"`` resizes both sides to the target
+Fitting follows timm's evaluation transform with ``crop_pct`` 1: the short side resized
+to the target, then a centre crop (``resize="crop"``; timm's default 0.875 would cut
+another eighth off each side); ``"squash"`` resizes both sides to the target
 and changes the aspect ratio (the importer of schema version 1 did that). A JPEG
 source is decoded at a reduced scale first where libjpeg can (``Image.draft``): a
 4000-pixel photo is never decoded at full size to make a 224-pixel image.
@@ -111,6 +112,9 @@ def prepare_chunk(items: Sequence, size: int, resize: str, pixels: str,
             image = load_image(item, size, resize)
         except BadImage as e:
             bad.append((i, str(e)))
+            continue
+        except Exception as e:  # noqa: BLE001 - a decoder's own error on a damaged file
+            bad.append((i, f"{type(e).__name__}: {e}"))
             continue
         out.append(encode_jpeg(image, quality) if pixels == "jpeg"
                    else np.asarray(image, np.uint8))

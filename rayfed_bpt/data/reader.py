@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DataError
-from .arrow_io import check_stamp, read_table, sha256_file
+from .arrow_io import check_stamp, read_table, sha256_file, write_json
 from .columns import ImageColumn, ImageRows
 from .dataset import Dataset, load_dataset
 from .schema import DatasetInfo, check_schema_version, info_from_schema
@@ -165,8 +165,13 @@ class PartitionReader:
 
     @cached_property
     def _rows(self) -> np.ndarray:
-        table = pa.ipc.open_file(pa.memory_map(str(self.root / ROWS), "r")).read_all()
-        return table.column("row").to_numpy()  # one chunk: a view of the map
+        path = self.root / ROWS
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+            return table.column("row").to_numpy()  # one chunk: a view of the map
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError, KeyError) as e:
+            raise DataError(f"{path} is not a readable rows file ({e}); make the partition "
+                            "again (`rayfed-bpt data partition --overwrite`).") from None
 
     @cached_property
     def _small_columns(self) -> dict[str, np.ndarray]:
@@ -221,8 +226,17 @@ class PartitionReader:
         if not all("edges" in rec for _, rec in found):
             self.verify_all()
             return
+        renewed = False
         for path, rec in found:
-            check_stamp(path, rec, rec.get("sha256", ""), "file")
+            stamp = check_stamp(path, rec, rec.get("sha256", ""), "file")
+            if stamp is not None:  # hashed in full and unchanged: record its new time
+                rec.update(stamp)
+                renewed = True
+        if renewed:
+            try:
+                write_json(self.manifest, self.root / MANIFEST)  # the next start: O(1) again
+            except OSError:
+                pass  # read-only storage: every start hashes the file, as it must
         if self.layout == "indices":
             self.dataset  # noqa: B018 - opened: its classes and format are checked
 
@@ -250,14 +264,15 @@ class PartitionReader:
             except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
                 raise DataError(f"pack {path} is not a readable Arrow IPC file ({e}); re-run "
                                 "`rayfed-bpt data partition --overwrite`.") from e
-            info = info_from_schema(reader.schema, f"pack {path}")
-            if (info.class_names != self.info.class_names
-                    or info.domain_names != self.info.domain_names):
-                raise DataError(f"pack {path} belongs to another dataset than its manifest says")
+            self._check_same(info_from_schema(reader.schema, f"pack {path}"), f"pack {path}")
         self._packs[name] = reader
         while len(self._packs) > 8:
             self._packs.popitem(last=False)
         return reader
+
+    def _check_same(self, info: DatasetInfo, what: str) -> None:
+        if info.class_names != self.info.class_names or info.domain_names != self.info.domain_names:
+            raise DataError(f"{what} belongs to another dataset than its manifest says")
 
     def _client_rows(self, e: dict) -> np.ndarray:
         return self._rows[e["start"]: e["start"] + e["num_train"] + e["num_test"]]
@@ -278,8 +293,7 @@ class PartitionReader:
             table, info = pa.Table.from_batches([pack.get_batch(e["batch"])]), self.info
         else:
             table, info = read_table(path, "shard")
-        if info.class_names != self.info.class_names or info.domain_names != self.info.domain_names:
-            raise DataError(f"shard {path} belongs to another dataset than its manifest says")
+            self._check_same(info, f"shard {path}")
         if table.num_rows != n_tr + n_te:
             raise DataError(f"shard {path} has {table.num_rows} rows, manifest says {n_tr + n_te}")
         return _table_shard(client_id, table, info, n_tr, n_te, self.threads)

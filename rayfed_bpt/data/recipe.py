@@ -14,7 +14,7 @@ from ..config import DataConfig, PartitionConfig
 from .dataset import default_data_root, load_dataset
 from .partition import recipe_record
 from .prepare import dataset_path
-from .shards import made_from, write_partition
+from .shards import made_from, outdated, write_partition
 
 
 def resolve_partition(data: DataConfig, seed: int) -> Path:
@@ -27,7 +27,8 @@ def resolve_partition(data: DataConfig, seed: int) -> Path:
     out = partition_folder(dataset, cfg)
     if made_from(out, dataset, cfg):  # made before from this very file: no re-hash
         return out
-    return write_partition(load_dataset(dataset), cfg, out)  # keeps an identical one
+    # keeps an identical one; replaces what an older version made (a cache of ours)
+    return write_partition(load_dataset(dataset), cfg, out, overwrite=outdated(out))
 
 
 def partition_folder(dataset: Path, cfg: PartitionConfig) -> Path:

@@ -63,14 +63,18 @@ def write_partition(
     (``layout``: indices, the default, or a copy of the rows: files, packed)."""
     out_dir = Path(out_dir)
     cfg = cfg.recipe(0)  # the bare recipe (a run's DataConfig carries more); unset seed: 0
-    if out_dir.exists() and not overwrite:
-        if _same_recipe(out_dir, dataset, cfg):
-            return out_dir  # already written from this dataset with this config
-        raise DataError(
-            f"{out_dir} already exists with another dataset or config. Pass --overwrite to "
-            "replace it, or choose another --out."
-        )
     layout = resolve_layout(layout)
+    sha256 = dataset.sha256 or sha256_file(dataset.path)  # a dataset without its sidecar
+    if out_dir.exists() and not overwrite:
+        if _matches(out_dir, cfg, layout, sha256=sha256):
+            return out_dir  # already written from this dataset with this config
+        old = _manifest(out_dir) or {}
+        why = ("an older rayfed_bpt's partition" if old.get("schema_version", 0) < SCHEMA_VERSION
+               else "another dataset, recipe or layout")
+        raise DataError(
+            f"{out_dir} already exists with {why}. Pass --overwrite to replace it, or choose "
+            "another --out."
+        )
     info = dataset.info
     splits = dataset.splits
     part = partition_indices(
@@ -118,7 +122,7 @@ def write_partition(
             "schema_version": SCHEMA_VERSION,
             "dataset": {"path": str(dataset.path.resolve()),
                         "relpath": os.path.relpath(dataset.path.resolve(), out_dir.resolve()),
-                        "sha256": dataset.sha256, **file_stamp(dataset.path), **info.to_json()},
+                        "sha256": sha256, **file_stamp(dataset.path), **info.to_json()},
             "partition": recipe_record(cfg),
             "num_clients": cfg.num_clients,
             "layout": layout,
@@ -126,7 +130,7 @@ def write_partition(
             "clients": clients,
         }
         write_json(manifest, tmp_dir / MANIFEST)
-        if out_dir.exists() and not overwrite and _same_recipe(out_dir, dataset, cfg):
+        if out_dir.exists() and not overwrite and _matches(out_dir, cfg, layout, sha256=sha256):
             shutil.rmtree(tmp_dir, ignore_errors=True)  # a parallel writer made it meanwhile:
             return out_dir  # keep theirs, which runs may already be reading
         if out_dir.exists():
@@ -138,7 +142,7 @@ def write_partition(
             try:
                 os.replace(tmp_dir, out_dir)
             except OSError:
-                if not _same_recipe(out_dir, dataset, cfg):
+                if not _matches(out_dir, cfg, layout, sha256=sha256):
                     raise
                 shutil.rmtree(tmp_dir, ignore_errors=True)
     except BaseException:
@@ -190,38 +194,51 @@ def _write_packs(dataset: Dataset, part, out: Path) -> dict:
 
 
 def made_from(out_dir: Path, dataset_path: Path, cfg: PartitionConfig) -> bool:
-    """``out_dir`` holds this recipe's partition of the dataset at ``dataset_path``, and
-    that file is untouched since (same size and modification time as the manifest
-    recorded): a run that starts again need not hash the whole dataset to know it."""
+    """``out_dir`` holds this recipe's partition (default layout) of the dataset at
+    ``dataset_path``, and that file still has the size and first and last MiB the
+    manifest recorded: a run that starts again need not hash the whole dataset."""
+    try:
+        return _matches(out_dir, cfg.recipe(0), resolve_layout("auto"),
+                        dataset_path=Path(dataset_path))
+    except OSError:
+        return False
+
+
+def outdated(out_dir: Path) -> bool:
+    """``out_dir`` holds a partition an older rayfed_bpt wrote (still readable)."""
+    m = _manifest(out_dir)
+    return m is not None and int(m.get("schema_version", 0)) < SCHEMA_VERSION
+
+
+def _manifest(out_dir: Path) -> dict | None:
     try:
         m = json.loads((out_dir / MANIFEST).read_text())
-        recorded = m.get("dataset", {})
-        return (m.get("schema_version") == SCHEMA_VERSION
-                and m.get("partition") == recipe_record(cfg.recipe(0))
-                and recorded.get("path") == str(Path(dataset_path).resolve())
-                and (recorded.get("size"), recorded.get("mtime_ns"))
-                == ((st := os.stat(dataset_path)).st_size, st.st_mtime_ns)
-                and _files_present(out_dir, m))
-    except (OSError, json.JSONDecodeError, AttributeError, TypeError, KeyError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def _matches(out_dir: Path, cfg: PartitionConfig, layout: str, sha256: str = "",
+             dataset_path: Path | None = None) -> bool:
+    """``out_dir`` is this version's partition by ``cfg`` in ``layout``, complete, of the
+    dataset whose sha256 is ``sha256`` (or, read 2 MiB of: at ``dataset_path``)."""
+    m = _manifest(out_dir)
+    if m is None or m.get("schema_version") != SCHEMA_VERSION or m.get("layout") != layout \
+            or m.get("partition") != recipe_record(cfg) or not _files_present(out_dir, m):
         return False
+    recorded = m.get("dataset", {})
+    if dataset_path is None:
+        return bool(sha256) and recorded.get("sha256") == sha256
+    stamp = file_stamp(dataset_path)
+    return (recorded.get("path") == str(dataset_path.resolve())
+            and (recorded.get("size"), recorded.get("edges")) == (stamp["size"], stamp["edges"]))
 
 
 def _files_present(out_dir: Path, m: dict) -> bool:
     """Every file the manifest ``m`` lists in ``out_dir`` is there."""
-    names = {m["rows"]["file"]} if m.get("layout") == "indices" else \
-        {c["file"] for c in m.get("clients", [])}
-    return all((out_dir / f).exists() for f in names)
-
-
-def _same_recipe(out_dir: Path, dataset: Dataset, cfg: PartitionConfig) -> bool:
     try:
-        m = json.loads((out_dir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+        names = {m["rows"]["file"]} if m.get("layout") == "indices" else \
+            {c["file"] for c in m.get("clients", [])}
+    except (KeyError, TypeError, AttributeError):
         return False
-    return isinstance(m, dict) and (
-        m.get("schema_version") == SCHEMA_VERSION
-        and m.get("partition") == recipe_record(cfg)
-        and bool(dataset.sha256)
-        and m.get("dataset", {}).get("sha256") == dataset.sha256
-        and _files_present(out_dir, m)
-    )
+    return all((out_dir / f).exists() for f in names)

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DataError
-from .arrow_io import tmp_path_for, write_json, write_table
+from .arrow_io import atomic_path, stale_tmp_files, write_json, write_table
 from .dataset import write_sidecar
 from .pixels import QUALITY, prepare_chunk
 from .schema import SCHEMA_VERSION, DatasetInfo, arrow_schema, make_batch, rows_per_batch
@@ -159,6 +160,8 @@ def write_import(plan: ImportPlan, out: Path, executor: Executor | None = None,
     reported, or with ``strict`` refused. Twice ``workers`` chunks are in flight."""
     if strict and plan.skipped:
         raise DataError(_refusal(plan.skipped))
+    for stale in stale_tmp_files(out):  # a dataset file a killed join left half-written
+        stale.unlink(missing_ok=True)
     rows = min(CHUNK_ROWS, rows_per_batch(plan.info))
     n_parts = math.ceil(len(plan) / rows)
     folder = _open_parts(parts_dir(out), signature(plan, rows))
@@ -170,10 +173,16 @@ def write_import(plan: ImportPlan, out: Path, executor: Executor | None = None,
     executor = executor or local_executor(workers)
     pending: dict[Future, int] = {}
     try:
+        yielded = 0
         for i, items in enumerate(plan.chunks(rows)):
+            yielded += 1
+            first = i * rows
+            if len(items) != min(rows, len(plan) - first):
+                raise DataError(f"the importer's chunk {i} holds {len(items)} images; rows "
+                                f"{first}.. of its {len(plan)} need {min(rows, len(plan) - first)}"
+                                " (ImportPlan.chunks(n) yields exactly n at a time)")
             if i in done:
                 continue
-            first = i * rows
             keep = slice(first, first + len(items))
             columns = {"ids": np.arange(first, first + len(items)), "labels": plan.labels[keep],
                        "domains": plan.domains[keep], "splits": plan.splits[keep],
@@ -186,6 +195,12 @@ def write_import(plan: ImportPlan, out: Path, executor: Executor | None = None,
         while pending:
             _finish(wait(pending, return_when=FIRST_COMPLETED).done, pending, plan, folder,
                     rows, progress, strict)
+        if yielded != n_parts:
+            raise DataError(f"the importer yielded {yielded} chunks for {len(plan)} images; "
+                            f"{n_parts} were due (ImportPlan.chunks(n))")
+    except BrokenProcessPool:
+        raise DataError("a decoding worker died (out of memory? killed?); the parts finished "
+                        "so far are kept: run the same command again to resume") from None
     finally:
         for f in pending:
             f.cancel()
@@ -218,6 +233,8 @@ def write_part(items: list, columns: dict, info: dict, resize: str, quality: int
     each unreadable item. Only that travels back: no pixels cross processes or nodes."""
     meta = DatasetInfo.from_json(info)
     images, bad = prepare_chunk(items, meta.image_shape[0], resize, meta.pixels, quality)
+    if not images and meta.pixels == "raw":  # the whole chunk unreadable
+        images = np.zeros((0, *meta.image_shape), np.uint8)
     keep = np.setdiff1d(np.arange(len(items)), [j for j, _ in bad])
     groups = columns["groups"]
     batch = make_batch(meta, images, columns["labels"][keep], columns["domains"][keep],
@@ -315,8 +332,7 @@ def _assemble(plan: ImportPlan, out: Path, folder: Path, n_parts: int, progress:
     if strict and skipped:  # parts of an earlier import without --strict included
         raise DataError(_refusal(skipped))
     counts = {"train": 0, "test": 0}
-    tmp = tmp_path_for(out)
-    try:
+    with atomic_path(out) as tmp:
         hashed = HashingFile(tmp)
         with pa.PythonFile(hashed, mode="w") as sink, \
                 pa.ipc.new_file(sink, arrow_schema(plan.info)) as writer:
@@ -330,10 +346,6 @@ def _assemble(plan: ImportPlan, out: Path, folder: Path, n_parts: int, progress:
             raise DataError(f"none of the {len(plan)} images could be read (first: "
                             f"{skipped[0]['file']}: {skipped[0]['reason']}); nothing written.")
         digest = hashed.sha256.hexdigest()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     write_sidecar(out, plan.info, digest, counts, skipped=skipped,
                   import_seconds=round(time.perf_counter() - progress.start, 1),
                   images_per_second=round(progress.rate(), 1))

@@ -51,10 +51,10 @@ class ClientHost:
         if data is None:
             data = load_client(self.reader, k, self.cfg)
         self._clients[k] = data
-        while len(self._clients) > 1 and (
-                len(self._clients) > self.capacity
-                or sum(map(client_bytes, self._clients.values())) > self.max_bytes):
-            self._clients.popitem(last=False)
+        held = sum(map(client_bytes, self._clients.values()))
+        while len(self._clients) > 1 and (len(self._clients) > self.capacity
+                                          or held > self.max_bytes):
+            held -= client_bytes(self._clients.popitem(last=False)[1])
         return data
 
     def opened(self) -> list[ClientData]:

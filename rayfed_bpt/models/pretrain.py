@@ -102,7 +102,10 @@ def linear_probe(backbone, dataset, max_train: int | None = None) -> dict[str, f
     from .prompted_vit import PromptedViT
 
     pv = PromptedViT(backbone)
-    feats = pv.features(normalize(dataset.images, backbone)).numpy()
+    column, n = dataset.image_column, len(dataset)  # read 4,096 images at a time
+    feats = np.concatenate([pv.features(normalize(column.take(np.arange(i, min(i + 4096, n))),
+                                                  backbone)).numpy()
+                            for i in range(0, n, 4096)])
     labels, domains, splits = dataset.labels, dataset.domains, dataset.splits
     out = {}
     for d, name in enumerate(dataset.info.domain_names):

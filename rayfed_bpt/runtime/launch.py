@@ -3,7 +3,7 @@
 ``run_experiment`` is what ``rayfed-bpt run`` calls, locally or under
 ``ray job submit``. It stays light (no torch, no model): the config was checked
 completely where it was made; here, before Ray starts, ``preflight`` checks the
-partition (every shard's hash), the backbone's weights file, the checkpoint of a
+partition (each file's stamp), the backbone's weights file, the checkpoint of a
 ``--resume`` and the tracking store. Then it starts (or joins) Ray and hands the
 run to the ``Supervisor`` (``supervisor.py``: the driver actor, its progress, a
 driver recreated after a crash, Ctrl-C and SIGTERM), and only once the driver
