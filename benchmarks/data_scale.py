@@ -41,7 +41,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from runtime_speed import ENV, PeakPSS  # noqa: E402
@@ -96,36 +95,12 @@ def source_folder(work: Path, n: int) -> tuple[Path, int]:
     return folder, size
 
 
-class PeakRSS(PeakPSS):
-    """PeakPSS, and the summed RSS beside it."""
-
-    def __init__(self, pid: int, every: float = 0.2):
-        self.rss = 0
-        super().__init__(pid, every)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            pss = rss = 0
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                procs = []
-            for p in procs:
-                try:
-                    m = p.memory_full_info()
-                    pss, rss = pss + m.pss, rss + m.rss
-                except psutil.Error:
-                    pass
-            self.peak, self.rss = max(self.peak, pss), max(self.rss, rss)
-            self._stop.wait(self.every)
-
-
 def cli(*args: str, watch: bool = False) -> tuple[str, float, float, float]:
     """Run ``rayfed-bpt ARGS``; (output, seconds, peak PSS GB, peak RSS GB)."""
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "rayfed_bpt.cli", *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    mem = PeakRSS(proc.pid) if watch else None
+    mem = PeakPSS(proc.pid, every=0.2) if watch else None
     out = proc.communicate()[0]
     seconds = time.perf_counter() - t
     pss = mem.stop() if mem else 0.0

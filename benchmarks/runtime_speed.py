@@ -44,27 +44,29 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
 
 
 class PeakPSS:
-    """Peak of the summed PSS of a process and its descendants."""
+    """Peak of the summed PSS of a process and its descendants (``rss``: of their RSS,
+    which counts a page shared by forked processes once in each)."""
 
     def __init__(self, pid: int, every: float = 0.5):
-        self.root, self.every, self.peak = psutil.Process(pid), every, 0
+        self.root, self.every, self.peak, self.rss = psutil.Process(pid), every, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            total = rss = 0
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.Error:
                 procs = []
             for p in procs:
                 try:
-                    total += p.memory_full_info().pss
+                    m = p.memory_full_info()
+                    total, rss = total + m.pss, rss + m.rss
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            self.peak, self.rss = max(self.peak, total), max(self.rss, rss)
             self._stop.wait(self.every)
 
     def stop(self) -> float:

@@ -170,6 +170,18 @@ def _domain(cfg, labels, domains, num_classes, num_domains, rng):
     return domains, w
 
 
+@register_partitioner("domain_mix", reads=("domain_alpha", "label_alpha"), random=True)
+def _domain_mix(cfg, labels, domains, num_classes, num_domains, rng):
+    K = cfg.num_clients
+    pi = rng.dirichlet(np.full(num_domains, cfg.domain_alpha), size=K)  # K x D
+    if cfg.label_alpha is None:
+        lam = np.ones((K, num_classes))
+    else:
+        lam = rng.dirichlet(np.full(num_classes, cfg.label_alpha), size=K)  # K x C
+    w = (pi[:, :, None] * lam[:, None, :]).reshape(K, num_domains * num_classes)
+    return domains * num_classes + labels, w
+
+
 @register_partitioner("natural", by_group=True)
 def _natural(cfg, labels, domains, num_classes, num_domains, rng, groups):
     sizes = np.bincount(groups)
@@ -188,18 +200,6 @@ def _natural(cfg, labels, domains, num_classes, num_domains, rng, groups):
         w[k, g] = 1
         heapq.heappush(held, (rows + int(sizes[g]), k))
     return groups, w
-
-
-@register_partitioner("domain_mix", reads=("domain_alpha", "label_alpha"), random=True)
-def _domain_mix(cfg, labels, domains, num_classes, num_domains, rng):
-    K = cfg.num_clients
-    pi = rng.dirichlet(np.full(num_domains, cfg.domain_alpha), size=K)  # K x D
-    if cfg.label_alpha is None:
-        lam = np.ones((K, num_classes))
-    else:
-        lam = rng.dirichlet(np.full(num_classes, cfg.label_alpha), size=K)  # K x C
-    w = (pi[:, :, None] * lam[:, None, :]).reshape(K, num_domains * num_classes)
-    return domains * num_classes + labels, w
 
 
 def partition_indices(
