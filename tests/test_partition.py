@@ -193,12 +193,14 @@ def test_a_known_partition_is_reused_without_hashing_its_dataset_again(tmp_path,
                                                                      digits4_path,
                                                                      monkeypatch):
     """Every start resolves the partition: when the manifest says it was made from this very
-    file (same path, size, modification time), the dataset is not read again; a touched
-    file is verified in full."""
+    file (same path, size, first and last MiB), the dataset is not read again; a touched
+    file is verified in full once, by the start's stamp check (which then records its new
+    time)."""
     import os
     import shutil
 
     from rayfed_bpt.config import DataConfig
+    from rayfed_bpt.data import PartitionReader, arrow_io
     from rayfed_bpt.data import dataset as dataset_module
     from rayfed_bpt.data.recipe import resolve_partition
 
@@ -207,13 +209,22 @@ def test_a_known_partition_is_reused_without_hashing_its_dataset_again(tmp_path,
     shutil.copy(digits4_path.with_suffix(".json"), copy.with_suffix(".json"))
     data = DataConfig(dataset=str(copy), num_clients=3)
     first = resolve_partition(data, 0)
+    hashed = []
+    real = arrow_io.sha256_file
 
-    def no_hashing(path, *a, **k):
-        raise AssertionError(f"{path} was hashed again")
+    def counted(path, *a, **k):
+        hashed.append(str(path))
+        return real(path, *a, **k)
 
-    monkeypatch.setattr(dataset_module, "sha256_file", no_hashing)
+    monkeypatch.setattr(dataset_module, "sha256_file", counted)
+    monkeypatch.setattr(arrow_io, "sha256_file", counted)
     assert resolve_partition(data, 0) == first
+    PartitionReader(first).verify_stamps()
+    assert hashed == []
     st = copy.stat()
-    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: verify in full
-    with pytest.raises(AssertionError, match="hashed again"):
-        resolve_partition(data, 0)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched
+    assert resolve_partition(data, 0) == first and hashed == []  # same size and edges
+    PartitionReader(first).verify_stamps()  # what every run start checks: hashed in full
+    assert hashed == [str(copy)]
+    PartitionReader(first).verify_stamps()  # its new time recorded: not again
+    assert hashed == [str(copy)]
