@@ -364,10 +364,11 @@ def cmd_backbone_probe(args: argparse.Namespace) -> None:
     from .models import create_backbone
     from .models.pretrain import linear_probe
 
-    bb = BackboneConfig(args.source, args.name, args.checkpoint)  # checked like a run's
+    bb = BackboneConfig(**{f.name: getattr(args, f.name)  # checked like a run's
+                           for f in dataclasses.fields(BackboneConfig)})
     torch.manual_seed(0)
     ds = load_dataset(dataset_path(args.dataset))
-    backbone = create_backbone(bb.source, bb.name, bb.checkpoint)
+    backbone = create_backbone(**dataclasses.asdict(bb))
     acc = linear_probe(backbone, ds)
     for name, a in acc.items():
         print(f"{name:<12} linear-probe test accuracy {a:.3f}")

@@ -49,8 +49,13 @@ def _options_of(schema: type, skip: tuple[str, ...]) -> list[tuple[tuple, dict]]
             continue
         tp = hints[f.name]
         scalar = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        kind = {"type": scalar[0]}
+        if scalar[0] is bool:
+            kind = {"action": argparse.BooleanOptionalAction}
+        elif scalar[0] is list or typing.get_origin(scalar[0]) is list:
+            kind = {"type": float, "nargs": "+"}  # the schema's lists are of numbers
         out.append(((f"--{f.name.replace('_', '-')}",),
-                    {"type": scalar[0], "default": f.default, "dest": f.name,
+                    {**kind, "default": f.default, "dest": f.name,
                      "help": f"{f.metadata.get('help', '')} (default: {f.default})"}))
     return out
 

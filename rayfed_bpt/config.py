@@ -99,7 +99,35 @@ class BackboneConfig(Checked):
     source: str = knob("builtin", "where the frozen ViT comes from",
                        choices=("builtin", "timm", "file"))
     name: str | None = knob(None, "timm model name (source timm or file)")
-    checkpoint: str | None = knob(None, "weights file, .safetensors (source file)")
+    checkpoint: str | None = knob(None, "weights file (source file): .safetensors, or a "
+                                  ".pth/.pt/.bin state dict, with or without its classifier "
+                                  "head; read as tensors only, never unpickled")
+    img_size: int | None = knob(None, "input side of a timm architecture (source timm or file;"
+                                " unset: the architecture's own, e.g. 224)", bounds=AT_LEAST_1)
+    mean: list | None = knob(None, "per-channel normalisation mean, 3 numbers; unset: from the "
+                             "file's config.json beside it, else the architecture's pretrained "
+                             "config")
+    std: list | None = knob(None, "per-channel normalisation std, 3 numbers; unset: as mean")
+    resample: bool = knob(False, "source file: let timm resample a patch or position "
+                          "embedding of another size than backbone.name's (else refused)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ignored = {"builtin": ("name", "checkpoint", "img_size", "resample"),
+                   "timm": ("checkpoint", "resample"), "file": ()}[self.source]
+        set_keys = [k for k in ignored if getattr(self, k) not in (None, False)]
+        if set_keys:
+            keys = ", ".join(f"backbone.{k}" for k in set_keys)
+            raise ConfigError(f"{keys} would be ignored by backbone.source={self.source}: set "
+                              "backbone.source=file (a weights file) or timm (a pretrained "
+                              f"name), or drop {keys}")
+        for k in ("mean", "std"):
+            v = getattr(self, k)
+            if v is not None and (len(v) != 3 or not all(
+                    isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+                    or (k == "std" and min(v) <= 0)):
+                raise ConfigError(f"backbone.{k}={v!r} must be 3 numbers, one a channel"
+                                  + (", each > 0" if k == "std" else ""))
 
 
 @dataclass

@@ -7,6 +7,7 @@ start from exactly the same objects and compute exactly the same numbers.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -33,9 +34,7 @@ def torch_threads(n: int):
 def load_backbone(cfg: ExperimentConfig) -> PromptedViT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return PromptedViT(
-            create_backbone(cfg.backbone.source, cfg.backbone.name, cfg.backbone.checkpoint)
-        )
+        return PromptedViT(create_backbone(**asdict(cfg.backbone)))
 
 
 def make_algorithm(

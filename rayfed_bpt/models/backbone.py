@@ -8,11 +8,13 @@ Three sources, one option each:
   ``rayfed-bpt backbone pretrain`` on rendered glyphs disjoint from every
   federated split.
 - ``timm``: any timm VisionTransformer by pretrained name (needs the model hub).
-- ``file``: a timm architecture name plus a local weights file (safetensors or .pth).
+- ``file``: a timm architecture name plus a local weights file (safetensors or a
+  .pth/.bin state dict, with or without the classifier head: ``weights.py``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import timm
@@ -21,6 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ..errors import ConfigError
+from .weights import load_trunk, read_weights
 
 BUILTIN_NAME = "rfbpt_vit_digits"
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / f"{BUILTIN_NAME}.safetensors"
@@ -66,8 +69,16 @@ def create_backbone(
     source: str = "builtin",
     name: str | None = None,
     checkpoint: str | None = None,
+    img_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    resample: bool = False,
 ) -> VisionTransformer:
-    """A frozen timm VisionTransformer without its classifier (``num_classes=0``)."""
+    """A frozen timm VisionTransformer without its classifier (``num_classes=0``); its
+    ``pretrained_cfg`` carries the normalisation ``normalize`` applies, and
+    ``dropped_keys`` what of a weights file it did not use."""
+    size = {"img_size": img_size} if img_size else {}
+    dropped: list[str] = []
     if source == "builtin":
         if not BUILTIN_WEIGHTS.exists():
             raise ConfigError(
@@ -78,7 +89,7 @@ def create_backbone(
     elif source == "timm":
         if not name:
             raise ConfigError("backbone.source=timm needs backbone.name (a timm pretrained name)")
-        model = timm.create_model(name, pretrained=True, num_classes=0)
+        model = timm.create_model(name, pretrained=True, num_classes=0, **size)
     elif source == "file":
         if not name or not checkpoint:
             raise ConfigError(
@@ -87,19 +98,14 @@ def create_backbone(
             )
         if not Path(checkpoint).exists():
             raise ConfigError(f"backbone checkpoint {checkpoint} does not exist")
-        # num_classes in the overlay: without it timm re-initialises the head silently.
         try:
-            model = timm.create_model(
-                name,
-                pretrained=True,
-                num_classes=0,
-                pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=0),
-            )
-        except (RuntimeError, ValueError, KeyError, IndexError, OSError) as e:
-            raise ConfigError(f"backbone.checkpoint {checkpoint} could not be loaded as the "
-                              f"weights of {name}: {str(e).splitlines()[0][:200]}. Check that "
-                              "backbone.name is the architecture the file was saved from.") \
-                from None
+            model = timm.create_model(name, pretrained=False, num_classes=0, **size)
+        except RuntimeError as e:  # timm: "Unknown model"
+            raise ConfigError(f"backbone.name={name!r}: {str(e).splitlines()[0][:160]} "
+                              "(`timm.list_models('vit_*')` lists the architectures)") from None
+        dropped = load_trunk(model, read_weights(checkpoint), f"backbone.checkpoint "
+                             f"{checkpoint}", resample)
+        model.pretrained_cfg = {**model.pretrained_cfg, **file_config(checkpoint)}
     else:
         raise ConfigError(f"unknown backbone.source {source!r}; allowed: builtin, timm, file")
     if not isinstance(model, VisionTransformer):
@@ -107,7 +113,46 @@ def create_backbone(
             f"backbone {name or BUILTIN_NAME} is a {type(model).__name__}; prompt "
             "tuning here needs a timm VisionTransformer"
         )
+    model.pretrained_cfg = {**model.pretrained_cfg,
+                            **({"mean": tuple(mean)} if mean else {}),
+                            **({"std": tuple(std)} if std else {})}
+    model.dropped_keys = dropped
     return freeze(model)
+
+
+def file_config(checkpoint: str | Path) -> dict:
+    """Normalisation and input size from a ``config.json`` beside a weights file (what
+    timm and the Hugging Face hub save with ``model.safetensors``), if there is one."""
+    path = Path(checkpoint).with_name("config.json")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    cfg = cfg.get("pretrained_cfg", cfg) if isinstance(cfg, dict) else {}
+    return {k: tuple(cfg[k]) for k in ("mean", "std", "input_size")
+            if isinstance(cfg.get(k), list)}
+
+
+def summary(model: VisionTransformer) -> dict:
+    """What a run uses of its backbone: architecture, parameters, input side,
+    normalisation, and the keys of its weights file it dropped (logged to MLflow)."""
+    cfg = model.pretrained_cfg
+    return {"architecture": cfg.get("architecture", type(model).__name__),
+            "params": sum(p.numel() for p in model.parameters()),
+            "img_size": int(model.patch_embed.img_size[0]),
+            "mean": [float(x) for x in cfg.get("mean", MEAN)],
+            "std": [float(x) for x in cfg.get("std", STD)],
+            "dropped_keys": list(getattr(model, "dropped_keys", []))}
+
+
+def describe(model: VisionTransformer) -> str:
+    """The start line's account of the backbone."""
+    s = summary(model)
+    line = (f"backbone {s['architecture']}: {s['params'] / 1e6:.1f} M parameters, input "
+            f"{s['img_size']}x{s['img_size']}, mean {s['mean']}, std {s['std']}")
+    if s["dropped_keys"]:
+        line += f"; dropped from its weights file: {', '.join(s['dropped_keys'])}"
+    return line
 
 
 def normalize(images_uint8, model: VisionTransformer) -> torch.Tensor:

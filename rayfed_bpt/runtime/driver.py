@@ -55,6 +55,7 @@ class Driver:
         self.pool: ClientPool | None = None
         self.state = None
         self._tracking: Future | None = None
+        self.backbone: dict = {}
         self._setup_error: BaseException | None = None
         try:
             self._setup(partition_dir, resume, mlflow_run_id)
@@ -73,9 +74,12 @@ class Driver:
 
         from ..engine.checkpoint import load_checkpoint
         from ..engine.setup import load_backbone, make_algorithm
+        from ..models.backbone import describe, summary
 
         torch.set_num_threads(self.cfg.runtime.threads)  # server math, as in every pool
         self.alg = make_algorithm(self.cfg, load_backbone(self.cfg), self.reader)
+        self.backbone = summary(self.alg.backbone.vit)  # MLflow's params get it too
+        self.note(describe(self.alg.backbone.vit))
         found = load_checkpoint(self.run_dir) if resume else None
         self.state = found[0] if found else None
         if self.state is not None:
@@ -150,7 +154,8 @@ class Driver:
 
         return MlflowListener(self.tracking_uri, self.cfg.tracking.experiment,
                               Path(self.cfg.runtime.output_dir).resolve() / "mlartifacts",
-                              self.run_dir, self.cfg_dict, self.parent_run_id, self.note)
+                              self.run_dir, {**self.cfg_dict, "backbone_used": self.backbone},
+                              self.parent_run_id, self.note)
 
     def _run(self) -> dict:
         from ..engine.checkpoint import CheckpointWriter

@@ -24,7 +24,7 @@ from ..engine.checkpoint import checkpoint_round
 from ..progress import Display
 from ..run_folder import RunFolder
 from ..tracking import check_tracking_uri, resolve_tracking_uri, ui_command
-from .preflight import check_backbone_file, check_partition
+from .preflight import check_backbone_file, check_partition, input_note
 from .signals import sigterm_as_interrupt, stop_signal
 from .supervisor import Supervisor, unwrap
 
@@ -60,8 +60,11 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
         folder = RunFolder.choose(cfg.runtime.output_dir, cfg.runtime.run_name,
                                   f"{cfg.algorithm.name}-s{cfg.seed}")
         run_dir = folder.path
-    partition_dir = check_partition(cfg)
+    reader = check_partition(cfg)
+    partition_dir = reader.root
     check_backbone_file(cfg)
+    if note := input_note(cfg, reader.info.image_shape):
+        log(note)
     uri = (resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.runtime.output_dir)
            if cfg.tracking.enabled else None)
     if uri:

@@ -7,6 +7,7 @@ in about a second, before anything is written.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..config import ExperimentConfig, apply_overrides, from_dict
@@ -27,15 +28,39 @@ def config_of_run(run_dir: str | Path, overrides: list[str] = ()) -> ExperimentC
     return from_dict(ExperimentConfig, apply_overrides(d, list(overrides)))
 
 
-def check_partition(cfg: ExperimentConfig) -> Path:
-    """The partition folder, its files checked by their stamps, here: a changed or cut
-    file is reported in a second, before any actor starts, in time that does not grow
-    with the data (``rayfed-bpt data verify`` hashes every byte)."""
-    partition_dir = resolve_partition(cfg.data, cfg.seed)
-    reader = PartitionReader(partition_dir)
+def check_partition(cfg: ExperimentConfig) -> PartitionReader:
+    """The partition, its files checked by their stamps, here: a changed or cut file is
+    reported in a second, before any actor starts, in time that does not grow with the
+    data (``rayfed-bpt data verify`` hashes every byte)."""
+    reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
     cfg.train.check_population(reader.num_clients)
     reader.verify_stamps()
-    return partition_dir
+    return reader
+
+
+def backbone_side(cfg: ExperimentConfig) -> int | None:
+    """The backbone's input side, known without torch: the built-in's 32, backbone.img_size,
+    or the size a timm name ends in (``vit_base_patch16_224`` -> 224); else None."""
+    bb = cfg.backbone
+    if bb.source == "builtin":
+        return 32
+    if bb.img_size:
+        return bb.img_size
+    found = re.search(r"_(\d{2,4})(?:\.|$)", bb.name or "")
+    return int(found[1]) if found else None
+
+
+def input_note(cfg: ExperimentConfig, image_shape: tuple[int, ...]) -> str | None:
+    """What happens to the data set's images on their way into the backbone, when their
+    size is not its input's (said at the start; nothing is refused)."""
+    side = backbone_side(cfg)
+    h, w = image_shape[:2]
+    if side is None or (h, w) == (side, side):
+        return None
+    how = "upsampled" if min(h, w) < side else "downsampled"
+    return (f"note: the data set's images are {h}x{w} and the backbone takes {side}x{side}: "
+            f"every batch is {how} (bilinear) on the device that trains. Import the data "
+            f"at --size {side} to store what the backbone sees.")
 
 
 def check_backbone_file(cfg: ExperimentConfig) -> None:
