@@ -51,7 +51,7 @@ def _options_of(schema: type, skip: tuple[str, ...]) -> list[tuple[tuple, dict]]
         scalar = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
         kind = {"type": scalar[0]}
         if scalar[0] is bool:
-            kind = {"action": argparse.BooleanOptionalAction}
+            kind = {"action": "store_true"}  # the schema's flags default to false
         elif scalar[0] is list or typing.get_origin(scalar[0]) is list:
             kind = {"type": float, "nargs": "+"}  # the schema's lists are of numbers
         out.append(((f"--{f.name.replace('_', '-')}",),
