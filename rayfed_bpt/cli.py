@@ -163,12 +163,23 @@ def cmd_config(args: argparse.Namespace) -> None:
          "actors fit per GPU, i.e. the runtime.gpus_per_actor to use.")
 @with_args(config_args, import_arg)
 @arg("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+@arg("--gpu-gb", type=float, default=80.0, help="on a CPU: the GPU memory to size for "
+     "(default 80, an H100)")
 def cmd_size_actors(args: argparse.Namespace) -> None:
     from .config import load_config
     from .runtime.actor_size import measure_actor
 
     cfg = load_config(args.config, args.set, args.imports)
-    r = measure_actor(cfg, device=args.device)
+    r = measure_actor(cfg, device=args.device, gpu_gb=args.gpu_gb)
+    s = r["sized"]
+    where = "this GPU" if r["device"] == "cuda" else f"a {r['gpu_bytes'] / 1e9:.0f} GB GPU"
+    print(f"measured ({r['precision']}): a training step keeps "
+          f"{s['train_bytes_per_image'] / 2**20:.1f} MiB an image, a forward pass "
+          f"{s['infer_bytes_per_image'] / 2**20:.1f} MiB"
+          f"{'' if s['infer_measured'] else ' (estimated)'}; backbone "
+          f"{s['weights_bytes'] / 2**20:.0f} MiB. Budget {s['budget_bytes'] / 2**30:.1f} GiB "
+          f"({r['share']:g} of {where}): group size {s['group_size']}, evaluation chunk "
+          f"{s['eval_chunk']} images, {r['budget_actors_per_gpu']} actors per GPU")
     print(f"one client actor ({cfg.algorithm.name}, batch {cfg.train.batch_size}, a work "
           f"unit of {r['group_size']} client(s), the largest client {r['client']} with "
           f"{r['num_train']} examples) on {r['device']}: process memory "

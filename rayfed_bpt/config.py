@@ -155,6 +155,10 @@ class TrainConfig(Checked):
                                "true: a fresh sample each time")
     eval_final_all: bool = knob(True, "the last round evaluates every client whatever "
                                 "eval_fraction says")
+    precision: str = knob("auto", "frozen-backbone passes in bf16 (autocast) or fp32 (TF32 on "
+                          "a GPU); auto: bf16 on a GPU that has it, fp32 on a CPU, so a CPU "
+                          "run's numbers are fp32's. The SIVI, KL and aggregation math stays "
+                          "fp32", choices=("auto", "fp32", "bf16"))
     optimizer_state: str = knob("reset", "reset: a fresh Adam each round (FedAvg's usual "
                                 "client) | keep: each client's Adam moments carry over to its "
                                 "next round, kept (and checkpointed) with its personal state",
@@ -198,13 +202,21 @@ class RuntimeConfig(Checked):
                                    bounds="[0, inf)")
     max_driver_restarts: int = knob(2, "a dead driver actor is recreated from the last "
                                     "checkpoint this often", bounds="[0, inf)")
-    group_size: int | str = knob("auto", "clients per batched pass: auto = 1 on CPU, 8 on a GPU")
+    group_size: int | str = knob("auto", "clients per batched pass: auto = 1 on CPU; on a GPU "
+                                 "as many (up to 8) as the actor's memory budget holds, from "
+                                 "the bytes an image costs, measured at setup")
+    memory_budget_mb: float | None = knob(None, "GPU memory (MiB) an actor sizes its batched "
+                                          "group and evaluation chunk for; unset: its share "
+                                          "of the GPU (gpu_memory_fraction, else "
+                                          "gpus_per_actor)", bounds=POSITIVE)
     schedule: str = knob("dynamic", "dynamic: a work unit to whichever actor is free; "
                          "pinned: client k to actor k % N", choices=("dynamic", "pinned"))
     personal_memory: int | str = knob("auto", "clients whose personal state the driver keeps "
                                       "in memory; the rest spill to the run folder's "
-                                      "personal/: auto = all up to 1,000 clients, else "
-                                      "twice a round's")
+                                      "personal/: auto = as many as personal_memory_mb holds")
+    personal_memory_mb: float = knob(1024.0, "MiB of personal states the driver keeps in "
+                                     "memory when personal_memory is auto (least recently "
+                                     "used spill first)", bounds=POSITIVE)
     client_cache: int = knob(1024, "opened clients (their rows, labels and cached features) "
                              "kept per actor", bounds=AT_LEAST_1)
     client_cache_mb: float = knob(1024.0, "MiB the opened clients may hold per actor, at "
@@ -341,9 +353,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
                 plugins: list[str] = ()) -> ExperimentConfig:
     """The config of ``path`` with dotted ``overrides``, every key and value checked, the
     algorithm's options included; ``plugins`` (``--import``) are added to the config's own."""
-    d = read_yaml(path) if path else {}
+    d = read_yaml(preset_path(path)) if path else {}
     d = apply_overrides(d, list(overrides))
     return from_dict(ExperimentConfig, with_plugins(d, plugins))
+
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def preset_path(path: str | Path) -> Path:
+    """``--config``: a YAML file, or the name of a preset shipped with the package
+    (``rayfed_bpt/presets/``: domainnet10, domainnet, office_caltech10)."""
+    path = Path(path)
+    if not path.exists() and not path.suffix and (PRESETS / f"{path}.yaml").exists():
+        return PRESETS / f"{path}.yaml"
+    return path
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
 def with_plugins(d: dict, plugins: list[str]) -> dict:

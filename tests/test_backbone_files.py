@@ -153,3 +153,45 @@ def test_the_start_says_what_happens_to_images_of_another_size():
     sized = load_config(None, ["backbone.source=file", "backbone.name=my_vit",
                                "backbone.checkpoint=w.pth", "backbone.img_size=384"])
     assert "takes 384x384" in input_note(sized, (224, 224, 3))
+
+
+def test_the_paper_presets_are_configs_by_name():
+    from rayfed_bpt.config import preset_names
+
+    assert preset_names() == ["domainnet", "domainnet10", "office_caltech10"]
+    for name in preset_names():
+        cfg = load_config(name, [])
+        assert cfg.backbone.source == "file" and cfg.backbone.name == "vit_base_patch16_224"
+        assert cfg.algorithm.name == "pfedbayespt" and cfg.train.precision == "auto"
+        assert cfg.train.eval_final_all and cfg.data.dataset.startswith("~/.cache/rayfed_bpt")
+
+
+@pytest.mark.slow  # ~30 s: ViT-B/16 at 224 on 2 CPU threads
+def test_the_domainnet10_preset_runs_a_round_on_a_random_init_vit_b_file(tmp_path):
+    """The preset as a user runs it, with a random-init ViT-B/16 weights file (head
+    included) and two tiny clients of a JPEG data set imported at 224."""
+    import numpy as np
+    from PIL import Image
+
+    from rayfed_bpt.data import prepare
+    from rayfed_bpt.engine import run_reference
+
+    torch.manual_seed(0)
+    save_file(timm.create_model("vit_base_patch16_224", pretrained=False).state_dict(),
+              tmp_path / "vit_b16.safetensors")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        f = tmp_path / "src" / ["clipart", "real"][i % 2] / ["bird", "zebra"][i // 2 % 2] / \
+            f"{i}.jpg"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(f)
+    data = prepare("image_folder", path=tmp_path / "src", out=tmp_path / "d.arrow", size=224,
+                   workers=1, show=False)
+    cfg = load_config("domainnet10", [
+        f"data.dataset={data}", f"backbone.checkpoint={tmp_path / 'vit_b16.safetensors'}",
+        "data.num_clients=2", "data.min_samples=2", "train.rounds=1", "train.fraction=1.0",
+        "data.max_train_per_client=4", "data.max_test_per_client=2", "train.batch_size=4",
+        f"runtime.output_dir={tmp_path / 'runs'}"])
+    history = run_reference(cfg, log=None)
+    assert len(history) == 1 and 0 <= history[0]["acc_mean"] <= 1
+    assert np.isfinite(history[0]["train_loss"])

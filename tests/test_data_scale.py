@@ -118,6 +118,7 @@ def test_one_round_of_the_default_algorithm_trains_from_jpeg_storage(jpeg_datase
                                                min_samples=5), tmp_path / "p")
     cfg = load_config(None, [f"data.partition_dir={part}", "train.rounds=1",
                              "train.fraction=1.0", "data.max_train_per_client=16",
+                             "train.batch_size=4",
                              "data.max_test_per_client=8", "algorithm.options.prompt_len=2"])
     assert cfg.algorithm.name == "pfedbayespt"
     reader = PartitionReader(part)
@@ -125,6 +126,19 @@ def test_one_round_of_the_default_algorithm_trains_from_jpeg_storage(jpeg_datase
     rows = data.images["train"].rows[:3]
     want = np.stack([decode_jpeg(b) for b in ds.image_column.encoded(rows)])
     assert np.array_equal(data.images["train"].take([0, 1, 2]), want)  # decoded per batch
-    history = run_reference(cfg, log=None)
+    from rayfed_bpt.algorithms.client import ClientData
+    from rayfed_bpt.engine.loop import is_timing
+
+    calls = []
+    real = ClientData.prefetch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ClientData, "prefetch", lambda self, *a: calls.append(a) or real(self, *a))
+        history = run_reference(cfg, log=None)
+    assert calls  # JPEG: the next batch was decoded while the current one trained
     assert len(history) == 1 and 0 <= history[-1]["acc_mean"] <= 1
     assert np.isfinite(history[-1]["train_loss"])
+    with pytest.MonkeyPatch.context() as mp:  # reading ahead changes no number
+        mp.setattr(ClientData, "reads_ahead", lambda self, backbone: False)
+        again = run_reference(cfg, log=None)
+    same = [{k: v for k, v in m.items() if not is_timing(k)} for m in (history[0], again[0])]
+    assert same[0] == same[1]

@@ -73,9 +73,24 @@ def test_a_store_gives_back_what_it_was_given_from_memory_or_disk(tmp_path):
 
 
 def test_resolve_hot():
-    assert resolve_hot("auto", 1000, 250) is None  # small: everything in memory
-    assert resolve_hot("auto", 10_000, 100) == 200
-    assert resolve_hot(7, 10, 5) == 7
+    assert resolve_hot("auto", 1024) == (None, 1024 * 2**20)  # auto: bytes, not a count
+    assert resolve_hot(7, 1024) == (7, None)
+
+
+def test_the_hot_set_is_bounded_in_bytes():
+    """auto: as many states as the bytes allow; the least recently used spill, the one in
+    use stays even when it alone is larger."""
+    states = {k: {"w": torch.full((1000,), float(k))} for k in range(5)}  # 4,000 bytes each
+    store = PersonalStore(range(5), hot_bytes=10_000)
+    for k in range(5):
+        store.put(k, states[k])
+    assert sorted(store._memory) == [3, 4] and store._bytes == 8000  # 2 of 4,000 bytes fit
+    assert sorted(store.pieces) == [0, 1, 2]  # spilled (written before leaving memory)
+    assert torch.equal(store[0]["w"], states[0]["w"])  # read back: 0 in, 3 out
+    assert sorted(store._memory) == [0, 4] and store.reads == 1
+    big = PersonalStore(range(2), hot_bytes=100)
+    big.put(0, states[0])
+    assert list(big._memory) == [0]
 
 
 @pytest.mark.parametrize("hot", ["1", pytest.param("auto", marks=pytest.mark.slow)])

@@ -43,6 +43,10 @@ class Algorithm:
     #: parameter-name prefixes that stay with the client ("" = everything)
     personal_prefixes: ClassVar[tuple[str, ...]] = ()
 
+    #: images an evaluation (or feature) pass takes at once; a GPU actor sizes it from its
+    #: memory budget (``engine.budget``)
+    eval_chunk: int = 256
+
     def __init__(
         self,
         backbone: PromptedViT,
@@ -137,8 +141,9 @@ class Algorithm:
             data.cache[key] = (
                 torch.cat(
                     [
-                        self.backbone.features(data.x(split, idx[i : i + 256], self.backbone))
-                        for i in range(0, len(idx), 256)
+                        self.backbone.features(data.x(split, idx[i : i + self.eval_chunk],
+                                                      self.backbone))
+                        for i in range(0, len(idx), self.eval_chunk)
                     ]
                 )
                 if len(idx)
@@ -227,16 +232,20 @@ class Algorithm:
                     load_optimizer(o, flat, key)
         batches = [_batches(d.num("train"), bs, p.epochs, g)
                    for d, p, g in zip(datas, phases, gens)]
+        ahead = [d.reads_ahead(self.backbone) for d in datas]
         sums: list[dict[str, torch.Tensor]] = [{} for _ in modules]
         steps = [0] * len(modules)
         active = [g for g, o in enumerate(opts) if o is not None]
         while active:
-            step = [(g, idx) for g in active if (idx := next(batches[g], None)) is not None]
+            step = [(g, *b) for g in active if (b := next(batches[g], None)) is not None]
             inputs = [self.step_inputs(modules[g], datas[g], idx, gens[g], round)
-                      for g, idx in step]
+                      for g, idx, _ in step]
+            for g, _, upcoming in step:
+                if ahead[g] and upcoming is not None:
+                    datas[g].prefetch("train", upcoming)
             feats = self._backbone_group([(x, p) for x, p, _ in inputs])
             losses = []
-            for (g, _), (_, _, rest), f in zip(step, inputs, feats):
+            for (g, _, _), (_, _, rest), f in zip(step, inputs, feats):
                 loss, parts = self.step_loss(modules[g], f, rest)
                 losses.append(loss)
                 for k, v in {"loss": loss, **parts}.items():  # float64 running sums
@@ -245,9 +254,9 @@ class Algorithm:
                 opts[g].zero_grad(set_to_none=True)
             if losses:
                 torch.stack(losses).sum().backward()  # disjoint graphs: each its own grads
-            for g, _ in step:
+            for g, _, _ in step:
                 opts[g].step()
-            active = [g for g, _ in step]
+            active = [g for g, _, _ in step]
         if kept is not None:
             for o, flat in zip(opts, kept):
                 if o is not None:
@@ -312,12 +321,13 @@ def _overlay(own: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
 
 
 def _batches(n: int, bs: int, epochs: int, gen: torch.Generator):
-    """A client's minibatch indices, each epoch's permutation drawn only when that epoch
+    """A client's minibatch indices, each with the next one of its epoch (None at the
+    epoch's end: to read ahead); each epoch's permutation drawn only when that epoch
     starts: its generator is consumed in exactly the order of a lone client's loop."""
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, bs):
-            yield perm[i : i + bs]
+            yield perm[i : i + bs], (perm[i + bs : i + 2 * bs] if i + bs < n else None)
 
 
 @contextmanager

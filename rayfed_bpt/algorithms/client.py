@@ -8,6 +8,7 @@ trains which client or in which order.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,7 @@ class ClientData:
     labels: dict[str, torch.Tensor]
     domains: dict[str, np.ndarray]
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    _ahead: tuple | None = field(default=None, repr=False)  # (key, Future): a read ahead
 
     def num(self, split: str) -> int:
         return len(self.labels[split])
@@ -76,11 +78,43 @@ class ClientData:
         return cls(shard.client_id, images, labels, domains)
 
     def x(self, split: str, idx, backbone: PromptedViT) -> torch.Tensor:
-        """Normalized float images for ``idx``, read (and decoded) for this batch only."""
-        return normalize(self.images[split].take(idx), backbone.vit).to(backbone.device)
+        """Normalized float images for ``idx``, read (and decoded) for this batch only (or
+        already, by ``prefetch``), moved as uint8 (pinned, asynchronously, to a GPU) and
+        resized and normalized on the backbone's device."""
+        key = (split, np.asarray(idx).tobytes())
+        if self._ahead is not None and self._ahead[0] == key:
+            images = self._ahead[1].result()
+        else:
+            images = self.images[split].take(idx)
+        self._ahead = None
+        images = torch.from_numpy(images)  # a fresh array from take(): no copy
+        if backbone.device.type == "cuda":
+            images = images.pin_memory().to(backbone.device, non_blocking=True)
+        return normalize(images, backbone.vit)
+
+    def prefetch(self, split: str, idx) -> None:
+        """Read (decode) the batch ``idx`` in a thread while the current step trains; the
+        next ``x`` of exactly that batch takes it."""
+        self._ahead = ((split, np.asarray(idx).tobytes()),
+                       _reader().submit(self.images[split].take, idx))
+
+    def reads_ahead(self, backbone: PromptedViT) -> bool:
+        """Worth it where reading a batch costs (encoded pixels) or a GPU waits on it."""
+        return backbone.device.type == "cuda" or any(
+            r.column.info.pixels != "raw" for r in self.images.values())
 
     def y(self, split: str, idx) -> torch.Tensor:
         return self.labels[split][idx]
+
+
+_READER: list[ThreadPoolExecutor] = []
+
+
+def _reader() -> ThreadPoolExecutor:
+    """This process's one read-ahead thread."""
+    if not _READER:
+        _READER.append(ThreadPoolExecutor(1, thread_name_prefix="read-ahead"))
+    return _READER[0]
 
 
 @dataclass

@@ -89,8 +89,8 @@ class DomainOracleVPT(FedAvgVPT):
     def predict(self, module, data: ClientData, split: str, gen) -> torch.Tensor:
         n = data.num(split)
         out = []
-        for i in range(0, n, 256):
-            idx = torch.arange(i, min(i + 256, n))
+        for i in range(0, n, self.eval_chunk):
+            idx = torch.arange(i, min(i + self.eval_chunk, n))
             x = data.x(split, idx, self.backbone)
             feats = self.backbone(x, self.domain_prompts(module, data, split, idx))
             out.append(module.head(feats).softmax(-1))

@@ -51,9 +51,10 @@ class FedAvgVPT(Algorithm):
             torch.cat(
                 [
                     self.logits(
-                        module, data.x(split, torch.arange(i, min(i + 256, n)), self.backbone)
+                        module, data.x(split, torch.arange(i, min(i + self.eval_chunk, n)),
+                                       self.backbone)
                     ).softmax(-1)
-                    for i in range(0, n, 256)
+                    for i in range(0, n, self.eval_chunk)
                 ]
             )
             if n

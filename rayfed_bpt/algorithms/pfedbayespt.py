@@ -175,8 +175,8 @@ class PFedBayesPT(Algorithm):
         feats = self.features(data, split)
         out = []
         n = data.num(split)
-        for i in range(0, n, 256):
-            idx = torch.arange(i, min(i + 256, n))
+        for i in range(0, n, self.eval_chunk):
+            idx = torch.arange(i, min(i + self.eval_chunk, n))
             x, e = data.x(split, idx, self.backbone), self.conditioning(feats[idx])
             B = len(idx)
             if o.eval_mode == "mean":

@@ -79,4 +79,4 @@ def dataset_path(spec: str | Path | None) -> Path:
     base, *extra = name.split("+")
     if base == "digits4" and not name.endswith(".arrow"):
         return ensure_builtin(extra_domains=tuple(extra))
-    return Path(name)
+    return Path(name).expanduser()

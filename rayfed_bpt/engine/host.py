@@ -18,6 +18,7 @@ from ..algorithms.base import ClientData, ClientResult, ClientTask, State
 from ..algorithms.evaluation import ClientEval, client_eval
 from ..config import ExperimentConfig
 from ..data import PartitionReader
+from .budget import plan
 from .pool import PoolContext
 from .schedule import resolve_group_size, train_chunks
 from .setup import load_backbone, load_client, make_algorithm
@@ -27,7 +28,8 @@ class ClientHost:
     """Backbone, algorithm and opened clients of one process."""
 
     def __init__(self, cfg: ExperimentConfig, partition_dir: str, group_size: int,
-                 device: str | None = None, reader: PartitionReader | None = None):
+                 device: str | None = None, reader: PartitionReader | None = None,
+                 memory_budget: int | None = None):
         self.cfg = cfg
         # shard hashes were checked once before any host started; here only sizes
         self.reader = reader or PartitionReader(partition_dir, verify=False)
@@ -35,7 +37,12 @@ class ClientHost:
         backbone = load_backbone(cfg)
         if device is not None:
             backbone = backbone.to(device)
+        self.precision = backbone.set_precision(cfg.train.precision)
         self.alg = make_algorithm(cfg, backbone, self.reader)
+        self.budget = None  # on a GPU: the sizes its memory budget gives (engine.budget)
+        if memory_budget:
+            self.budget = sized(self.alg, memory_budget, cfg.train.batch_size)
+            self.alg.eval_chunk = self.budget["eval_chunk"]
         self.group_size = group_size  # resolved once, by the pool
         self.trained: set[int] = set()
         self.capacity = cfg.runtime.client_cache
@@ -82,12 +89,14 @@ class ClientHost:
         if key not in self._variants:
             self._variants[key] = make_algorithm(self.cfg, self.alg.backbone, self.reader,
                                                  options)
+            self._variants[key].eval_chunk = self.alg.eval_chunk
         return self._variants[key]
 
     def info(self, index: int) -> dict:
         """Where this host runs and which clients it trained (a pool's ``stats``)."""
         return {"index": index, "pid": os.getpid(), "device": str(self.alg.device),
                 "threads": torch.get_num_threads(), "group_size": self.group_size,
+                "precision": self.precision, "budget": self.budget,
                 "clients": sorted(self.trained)}
 
     def memory(self) -> dict:
@@ -99,6 +108,15 @@ class ClientHost:
         return {"rss": psutil.Process().memory_info().rss, "open_clients": len(per_client),
                 "client_bytes_max": max(per_client, default=0),
                 "client_bytes_mean": sum(per_client) / max(1, len(per_client))}
+
+
+def sized(alg, budget: int, batch_size: int) -> dict:
+    """``engine.budget.plan`` for ``alg``'s backbone, from one probe of what an image costs
+    (``models.memory``) at the algorithm's prompt length."""
+    from ..models.memory import probe
+
+    cost = probe(alg.backbone, getattr(alg.opts, "prompt_len", 0))
+    return plan(budget, cost, batch_size, alg.backbone_passes())
 
 
 def client_bytes(data: ClientData) -> int:

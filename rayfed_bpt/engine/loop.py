@@ -30,7 +30,7 @@ from ..algorithms.evaluation import (
 from ..config import ExperimentConfig
 from .personal_store import PersonalStore, as_store, resolve_hot
 from .pool import ClientPool
-from .setup import round_half_up, round_size, sample_clients
+from .setup import round_half_up, sample_clients
 from .state import RoundListener, RunState
 
 
@@ -54,19 +54,19 @@ class Engine:
         self.domain_names = list(domain_names)
         self.listeners = list(listeners)
         self.personal_dir = personal_dir  # where spilled personal states go (the run's)
-        self.hot = resolve_hot(cfg.runtime.personal_memory, len(self.client_ids),
-                               round_size(len(self.client_ids), cfg.train))
+        self.hot, self.hot_bytes = resolve_hot(cfg.runtime.personal_memory,
+                                               cfg.runtime.personal_memory_mb)
         self.last_evals: list[ClientEval] = []
 
     def initial_state(self) -> RunState:
         return RunState(0, self.alg.init_global(),
                         PersonalStore(self.client_ids, self.alg.init_personal, self.hot,
-                                      self.personal_dir))
+                                      self.personal_dir, hot_bytes=self.hot_bytes))
 
     def adopt(self, state: RunState) -> RunState:
         """``state`` (new, or read from a checkpoint) with its store bound to this run."""
         state.personal = as_store(state.personal)
-        state.personal.bind(self.client_ids, self.alg.init_personal, self.hot)
+        state.personal.bind(self.client_ids, self.alg.init_personal, self.hot, self.hot_bytes)
         return state
 
     def eval_clients(self, round: int) -> list[int]:

@@ -3,8 +3,8 @@
 A client's personal state (a local head, a kept Adam state) is touched only in
 the rounds that sample it, yet a population of 10,000 clients at ~3.5 MB each is
 35 GB: more than a driver should hold, and more than a checkpoint should rewrite
-every round. The store keeps the states of at most ``hot`` clients in memory (all
-of them when ``hot`` is None) and the rest as **pieces**: one safetensors file per
+every round. The store keeps at most ``hot_bytes`` of states (or ``hot`` states) in
+memory, the least recently used spilling first, and the rest as **pieces**: one safetensors file per
 state, named by the SHA-256 of its bytes, so a piece is immutable, a damaged one is
 detected when it is read, and a checkpoint is a manifest (client -> piece) beside
 the global state (``engine.checkpoint``). A client never trained has no entry: its
@@ -33,16 +33,18 @@ State = dict  # name -> tensor
 #: a piece: (sha256 hex of its bytes, its size in bytes)
 Piece = tuple[str, int]
 
-#: ``runtime.personal_memory: auto`` keeps every state in memory up to this population
-ALL_IN_MEMORY_UP_TO = 1000
-
-
-def resolve_hot(value: int | str, num_clients: int, per_round: int) -> int | None:
-    """``runtime.personal_memory``: a number of states, or auto (all of them up to
-    ``ALL_IN_MEMORY_UP_TO`` clients, else twice a round's: this round's and the last's)."""
+def resolve_hot(value: int | str, mb: float) -> tuple[int | None, int | None]:
+    """(states, bytes) the store keeps in memory: ``runtime.personal_memory`` states, or
+    auto: as many as fit in ``runtime.personal_memory_mb`` (the least recently used spill
+    first). Bytes, not a count: a state is 3 MB with the built-in backbone and kept Adam
+    moments, tens of MB at ViT-B width."""
     if value == "auto":
-        return None if num_clients <= ALL_IN_MEMORY_UP_TO else 2 * per_round
-    return int(value)
+        return None, int(mb * 2**20)
+    return int(value), None
+
+
+def state_bytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 def piece_path(folder: Path, sha: str) -> Path:
@@ -97,18 +99,20 @@ class PersonalStore(Mapping):
     """Client id -> personal state, for every client of the run (a ``Mapping``: pools index
     it per work unit, so a state is read from disk only when its unit is sent).
 
-    ``hot``: states kept in memory (least recently used go first; None: all). A state
-    changed since the last ``flush`` is written as a piece before it leaves memory.
+    ``hot``, ``hot_bytes``: states, and their bytes, kept in memory at most (least
+    recently used go first; None: no bound). A state changed since the last ``flush`` is
+    written as a piece before it leaves memory.
     ``folder``: where pieces live (a run's ``personal/``); unset until a checkpoint names
     one, a temporary folder if the store must spill before that."""
 
     def __init__(self, client_ids: Iterable[int], init: Callable[[int], State] | None = None,
                  hot: int | None = None, folder: str | Path | None = None,
-                 pieces: dict[int, Piece] | None = None):
+                 pieces: dict[int, Piece] | None = None, hot_bytes: int | None = None):
         self.client_ids = list(client_ids)
         self._ids = frozenset(self.client_ids)
         self.init = init
-        self.hot = hot
+        self.hot, self.hot_bytes = hot, hot_bytes
+        self._bytes = 0  # of the states in memory
         self.folder = Path(folder) if folder is not None else None
         self.pieces: dict[int, Piece] = dict(pieces or {})  # clients whose state is on disk
         self._memory: OrderedDict[int, State] = OrderedDict()
@@ -117,12 +121,12 @@ class PersonalStore(Mapping):
         self.reads = self.writes = self.bytes_written = 0
 
     def bind(self, client_ids: Iterable[int], init: Callable[[int], State],
-             hot: int | None) -> None:
+             hot: int | None, hot_bytes: int | None = None) -> None:
         """The run's clients, initial state and memory budget (a store read from a
         checkpoint has none of them until the engine adopts it)."""
         self.client_ids = list(client_ids)
         self._ids = frozenset(self.client_ids)
-        self.init, self.hot = init, hot
+        self.init, self.hot, self.hot_bytes = init, hot, hot_bytes
         self._evict()
 
     # ----- the Mapping ----------------------------------------------------------------------
@@ -134,6 +138,7 @@ class PersonalStore(Mapping):
             state = read_piece(self.folder, self.pieces[k], k)
             self.reads += 1
             self._memory[k] = state
+            self._bytes += state_bytes(state)
             self._evict()
             return state
         if self.init is None:
@@ -154,18 +159,23 @@ class PersonalStore(Mapping):
     def put(self, k: int, state: State) -> None:
         """Client ``k`` trained: ``state`` replaces its personal state. An empty state (an
         algorithm with nothing personal) is the initial one: nothing is kept."""
-        self._memory.pop(k, None)
+        old = self._memory.pop(k, None)
+        self._bytes -= state_bytes(old) if old is not None else 0
         self._changed.discard(k)
         if not state:
             self.pieces.pop(k, None)
             return
         self._memory[k] = state
+        self._bytes += state_bytes(state)
         self._changed.add(k)
         self._evict()
 
     def _evict(self) -> None:
-        while self.hot is not None and len(self._memory) > self.hot:
+        while (self.hot is not None and len(self._memory) > self.hot) or (
+                self.hot_bytes is not None and self._bytes > self.hot_bytes
+                and len(self._memory) > 1):
             k, state = self._memory.popitem(last=False)
+            self._bytes -= state_bytes(state)
             if k in self._changed:
                 self._write(k, state, self._spill_folder())
                 self._changed.discard(k)

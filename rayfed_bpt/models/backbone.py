@@ -96,6 +96,7 @@ def create_backbone(
                 "backbone.source=file needs backbone.name (timm architecture) "
                 "and backbone.checkpoint (a .safetensors or .pth file)"
             )
+        checkpoint = str(Path(checkpoint).expanduser())
         if not Path(checkpoint).exists():
             raise ConfigError(f"backbone checkpoint {checkpoint} does not exist")
         try:
@@ -156,13 +157,15 @@ def describe(model: VisionTransformer) -> str:
 
 
 def normalize(images_uint8, model: VisionTransformer) -> torch.Tensor:
-    """(N, H, W, C) uint8 (tensor or numpy, e.g. a read-only memory-mapped view) ->
-    (N, C, H, W) float, normalized as the backbone was trained."""
+    """(N, H, W, C) uint8 (tensor, on any device, or numpy, e.g. a read-only memory-mapped
+    view) -> (N, C, H, W) float on the same device, resized to the backbone's input and
+    normalized as the backbone was trained."""
     if not isinstance(images_uint8, torch.Tensor):
-        images_uint8 = torch.tensor(images_uint8)  # copies: shard views are read-only
+        images_uint8 = torch.tensor(images_uint8)  # copies: a mapped view is read-only
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean = torch.tensor(cfg.get("mean", MEAN)).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", STD)).view(1, -1, 1, 1)
+    device = images_uint8.device
+    mean = torch.tensor(cfg.get("mean", MEAN), device=device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", STD), device=device).view(1, -1, 1, 1)
     x = images_uint8.permute(0, 3, 1, 2).float().div_(255)
     size = model.patch_embed.img_size
     if tuple(x.shape[-2:]) != tuple(size):

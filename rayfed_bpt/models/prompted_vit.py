@@ -23,6 +23,21 @@ class PromptedViT(nn.Module):
         self.embed_dim = vit.embed_dim
         self.depth = len(vit.blocks)
         self.num_prefix = vit.num_prefix_tokens
+        self.amp_dtype: torch.dtype | None = None  # None: fp32 (set_precision)
+
+    def set_precision(self, precision: str) -> str:
+        """Run backbone passes in ``precision`` (fp32, bf16, or auto: bf16 on a GPU that has
+        it, else fp32) on the device the backbone is on now; return the one chosen. Only
+        the backbone's passes change: what it returns is fp32 for the math after it. fp32
+        on a GPU allows TF32 matmuls."""
+        cuda = self.device.type == "cuda"
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        self.amp_dtype = torch.bfloat16 if precision == "bf16" else None
+        if cuda and precision == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return precision
 
     def prompt_shape(self, length: int, deep: bool = False) -> tuple[int, ...]:
         """One image's prompt: (L, D) shallow, or (depth, L, D) deep."""
@@ -45,7 +60,14 @@ class PromptedViT(nn.Module):
         return torch.cat([x[:, :n], p.to(x.dtype), x[:, n + replace :]], dim=1)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled, normalized feature of images ``x`` under ``prompt``."""
+        """Pooled, normalized feature of images ``x`` under ``prompt`` (fp32; computed in
+        ``amp_dtype`` where one is set)."""
+        if self.amp_dtype is None:
+            return self._forward(x, prompt)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            return self._forward(x, prompt).float()
+
+    def _forward(self, x: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
         h = self.tokens(x)
         L = 0 if prompt is None else prompt.shape[-2]
         if L == 0:

@@ -61,15 +61,19 @@ class RayActorPool:
             self.plan.gpu_memory_fraction, self.run_dir)
 
     def start(self) -> None:
-        """Block until every actor has loaded its backbone."""
+        """Block until every actor has loaded its backbone; on GPUs with group_size auto,
+        the group is what the tightest actor's measured memory budget holds."""
         try:
-            ray.get([a.info.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+            infos = ray.get([a.info.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as e:
             raise RayfedError(f"client actors did not start within {STARTUP_TIMEOUT_S:.0f}s "
                               f"(each asks for {self.plan.bundle()}); the cluster has "
                               f"{ray.available_resources()}.") from e
         except RayTaskError as e:
             raise RayfedError(f"a client actor failed to start: {e.cause}") from e
+        budgets = [i["budget"] for i in infos if i.get("budget")]
+        if budgets and self.cfg.runtime.group_size == "auto":
+            self.group_size = min(b["group_size"] for b in budgets)
 
     def stats(self) -> dict:
         return {"workers": ray.get([a.info.remote() for a in self.actors],

@@ -37,7 +37,13 @@ class ClientActor:
             # Ray's fractional GPUs only schedule; this caps what torch may allocate.
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
         self.rss_start = process_rss()
-        self.host = ClientHost(self.cfg, partition_dir, group_size, device=str(self.device))
+        budget = None
+        if cuda:  # what this actor may fill: the configured MiB, else its share of the GPU
+            share = gpu_memory_fraction or 1.0
+            budget = (int(cfg.runtime.memory_budget_mb * 2**20) if cfg.runtime.memory_budget_mb
+                      else int(share * torch.cuda.get_device_properties(0).total_memory))
+        self.host = ClientHost(self.cfg, partition_dir, group_size, device=str(self.device),
+                               memory_budget=budget)
 
     def info(self) -> dict:
         node = ray.get_runtime_context().get_node_id()

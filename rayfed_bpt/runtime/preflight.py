@@ -70,7 +70,7 @@ def check_backbone_file(cfg: ExperimentConfig) -> None:
     bb = cfg.backbone
     if bb.source != "file" or not bb.checkpoint:
         return  # a missing name or checkpoint: create_backbone says which
-    path = Path(bb.checkpoint)
+    path = Path(bb.checkpoint).expanduser()
     if not path.is_file():
         raise ConfigError(f"backbone.checkpoint {path} does not exist or is not a file")
     with open(path, "rb") as f:
