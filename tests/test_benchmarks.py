@@ -41,7 +41,7 @@ SMALLEST = {
                          "random"),
     "step_speed.py": (["--batch", "8", "--steps", "2"], "ms/step"),
 }
-GPU_ONLY = {"gpu_packing.py", "gpu_check.sh"}
+GPU_ONLY = {"gpu_packing.py", "gpu_check.sh", "gpu_vit_check.sh", "vit_gpu.py"}
 
 
 def test_every_benchmark_has_a_smallest_mode():
