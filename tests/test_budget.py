@@ -57,6 +57,7 @@ def test_a_vit_b_trains_a_smaller_group_than_the_builtin_in_the_same_budget(vit_
     assert sized["budget_bytes"] == budget and sized["train_bytes_per_image"] > 70 * 2**20
 
 
+@pytest.mark.slow  # 7 s: ViT-B probes in bf16 on the CPU
 def test_bf16_keeps_about_six_tenths_of_fp32(vit_b):
     fp32 = probe(vit_b, 8)["train_bytes_per_image"]
     vit_b.set_precision("bf16")

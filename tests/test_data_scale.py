@@ -28,6 +28,7 @@ from rayfed_bpt.engine.setup import load_client
 N = 14_300  # one more than the 14,266 images at 224 px that fit one Arrow array
 
 
+@pytest.mark.slow  # 10 s: 2.2 GB written, hashed and read
 def test_more_images_at_224_than_one_arrow_array_holds(tmp_path):
     info = DatasetInfo("zeros", ["a", "b"], ["d"], (224, 224, 3))
     labels = np.arange(N) % 2

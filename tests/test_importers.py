@@ -347,6 +347,7 @@ def test_natural_groups_from_a_column_give_each_writer_to_one_client(tmp_path):
 
 
 
+@pytest.mark.slow  # 16 s: a local Ray
 def test_ray_tasks_import_the_same_bytes_as_local_processes(photo_tree, tmp_path, local_ray):
     """``data prepare --ray``: the chunks as Ray tasks (on every node of a cluster; here a
     local Ray) write the very file a local process pool writes."""

@@ -61,10 +61,10 @@ class RunStore:
         return history
 
     def put(self, record: dict) -> None:
-        self.written += 1
         tmp = self.path(record["key"]).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str))
         os.replace(tmp, self.path(record["key"]))
+        self.written += 1  # counted once it is there: a stop between the two says so
 
 
 def log_run(tracker, rec: dict, parent_run_id: str | None) -> str:
