@@ -36,7 +36,7 @@ class RunStore:
     def __init__(self, out: Path):
         self.dir = Path(out) / "runs"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.written = 0  # runs this process computed and put here
+        self._putting: set[str] = set()  # keys this process computed and puts here
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.json"
@@ -60,11 +60,18 @@ class RunStore:
         path.write_text(json.dumps(history, indent=1))
         return history
 
+    @property
+    def written(self) -> int:
+        """Runs this process computed and put here: those whose file is in place (a stop
+        in the middle of a ``put`` neither counts a run that is not there nor misses one
+        that is)."""
+        return sum(self.path(k).exists() for k in self._putting)
+
     def put(self, record: dict) -> None:
+        self._putting.add(record["key"])
         tmp = self.path(record["key"]).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str))
         os.replace(tmp, self.path(record["key"]))
-        self.written += 1  # counted once it is there: a stop between the two says so
 
 
 def log_run(tracker, rec: dict, parent_run_id: str | None) -> str:
