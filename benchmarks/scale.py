@@ -96,7 +96,8 @@ def checkpoint_bytes(run_dir: Path) -> tuple[int, int]:
     return sum(new.values()) + (run_dir / "checkpoint.safetensors").stat().st_size, trained
 
 
-def run(work: Path, alg: str, m: int, k: int, n_eval: int, address: str | None) -> dict:
+def run(work: Path, alg: str, m: int, k: int, n_eval: int, address: str | None,
+        extra: list[str] = ()) -> dict:
     part, part_s = partition(work, m)
     name = f"{alg}-M{m}-{time.time_ns()}"
     out = work / "runs"
@@ -107,6 +108,7 @@ def run(work: Path, alg: str, m: int, k: int, n_eval: int, address: str | None) 
             "train.batch_size=32", "tracking.enabled=false", f"runtime.output_dir={out}",
             f"runtime.run_name={name}", "runtime.num_actors=2",
             "runtime.faults=[driver_exit@2]", "runtime.max_driver_restarts=0", *KEPT[alg],
+            *extra,
             *([f"runtime.address={address}"] if address else [])]
     cli = [sys.executable, "-m", "rayfed_bpt.cli", "run", "--no-progress"]
     mem: list[float] = []
@@ -158,6 +160,8 @@ def main() -> None:
     ap.add_argument("--extrapolate", type=int, default=100_000)
     ap.add_argument("--work", default="/tmp/rayfed_scale")
     ap.add_argument("--address", help="a running Ray cluster to use (runtime.address)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more overrides for every run, e.g. runtime.personal_memory_mb=256")
     a = ap.parse_args()
     work = Path(a.work)
     os.environ["RAYFED_BPT_DATA"] = ENV["RAYFED_BPT_DATA"] = str(work / "data")
@@ -165,7 +169,7 @@ def main() -> None:
     for alg in a.algorithms.split(","):
         measured = []
         for m in (int(x) for x in a.sizes.split(",")):
-            row = run(work, alg, m, min(a.per_round, m), a.eval, a.address)
+            row = run(work, alg, m, min(a.per_round, m), a.eval, a.address, a.set)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                               for k, v in row.items()}), flush=True)
             measured.append(row)

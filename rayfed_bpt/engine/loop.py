@@ -130,16 +130,19 @@ class Engine:
         t0 = time.perf_counter()
         sampled = sample_clients(len(self.client_ids), self.cfg.train, self.cfg.seed, r)
         ids = [self.client_ids[i] for i in sampled]
-        results = sorted(
-            self.pool.train(state.global_state, {k: state.personal[k] for k in ids}, r),
-            key=lambda x: x.client_id)
+        # the round's states are read when their work unit goes out (a subset, not a dict)
+        results = sorted(self.pool.train(state.global_state, state.personal.subset(ids), r),
+                         key=lambda x: x.client_id)
         t_train = time.perf_counter()
         down = state_bytes(state.global_state) * len(sampled)
+        up = float(sum(state_bytes(x.update) for x in results))
         for res in results:
             state.personal.put(res.client_id, res.personal)
         state.global_state = self.alg.aggregate(state.global_state, results, r)
         state.round = r + 1
         m: dict = {"round": r + 1, **train_metrics(results)}
+        del results  # the round's updates and states: aggregated and in the store (which
+        # spills what its budget does not hold) before any evaluation loads more states
         t_agg = time.perf_counter()
         if self.evaluates(r):
             m.update(self.evaluate(state, clients=self.eval_clients(r)))
@@ -148,7 +151,7 @@ class Engine:
         m["aggregate_seconds"] = t_agg - t_train
         m["round_seconds"] = time.perf_counter() - t0
         m["comm_bytes_down"] = float(down)
-        m["comm_bytes_up"] = float(sum(state_bytes(x.update) for x in results))
+        m["comm_bytes_up"] = up
         state.history.append(m)
         return m
 

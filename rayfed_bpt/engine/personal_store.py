@@ -232,8 +232,7 @@ class PersonalStore(Mapping):
 
     def memory_bytes(self) -> int:
         """Bytes of the states held in memory now."""
-        return sum(v.numel() * v.element_size() for s in self._memory.values()
-                   for v in s.values())
+        return self._bytes
 
     def in_memory(self) -> int:
         return len(self._memory)
