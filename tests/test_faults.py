@@ -105,6 +105,7 @@ def test_signal_stops_cleanly_and_says_how_to_resume(sig, code, name, part4, tmp
         assert load_checkpoint(run_dir)[0].round == 3
 
 
+@pytest.mark.slow  # 50 s on 2 cores; keeps the default suite under 15 minutes
 def test_mlflow_server_going_away_loses_nothing(part4, tmp_path):
     """The server dies after round 1; round 2 falls back to a store in the run folder; the
     driver then dies after round 2's checkpoint, and its successor goes on in that store
@@ -152,6 +153,7 @@ def test_unreachable_tracking_server_fails_in_seconds_and_writes_nothing(part4, 
     assert time.time() - t < 20 and not out.exists()
 
 
+@pytest.mark.slow  # 35 s on 2 cores
 def test_two_first_runs_started_at_once_get_their_own_folders_and_mlflow_runs(part4,
                                                                                 tmp_path):
     """Two runs started in the same second into a new output folder: each its own run
