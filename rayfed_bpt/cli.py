@@ -150,8 +150,12 @@ def cmd_config(args: argparse.Namespace) -> None:
 
     from .config import load_config, reference_markdown
 
-    if args.reference:
-        print(reference_markdown(), end="")
+    if args.reference:  # with --import, the plugins' algorithms' options too
+        if args.imports:
+            from .plugins import import_plugins
+
+            import_plugins(args.imports)
+        print(reference_markdown(plugins=bool(args.imports)), end="")
         return
     cfg = load_config(args.config, args.set, args.imports)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")

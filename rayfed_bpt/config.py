@@ -23,7 +23,7 @@ from . import knobs
 from .catalog import algorithm_options, check_pool, list_algorithms, options_of, preset_of
 from .errors import ConfigError
 from .knobs import Checked, apply_overrides, knob, read_yaml, set_key
-from .plugins import import_plugins
+from .plugins import import_plugins, origin
 
 __all__ = ["ExperimentConfig", "apply_overrides", "from_dict", "knob", "load_config",
            "read_yaml"]
@@ -272,8 +272,8 @@ class TrackingConfig(Checked):
 class AlgorithmConfig(Checked):
     key = "algorithm"
 
-    name: str = knob("pfedbayespt", "the algorithm (`rayfed-bpt list algorithms`; README, "
-                     "Algorithms)")
+    name: str = knob("pfedbayespt", "the algorithm (`rayfed-bpt list algorithms`; "
+                     "docs/algorithms.md)")
     options: dict = knob(help="the algorithm's own options (below, Algorithm options)",
                          factory=dict)
 
@@ -319,14 +319,17 @@ def schema_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[st
     return knobs.schema_keys(cls, prefix)
 
 
-def reference_markdown() -> str:
-    """docs/config.md's tables: every config key, then each algorithm's options (checked
-    by a test)."""
+def reference_markdown(plugins: bool = False) -> str:
+    """docs/config.md's tables: every config key, then each built-in algorithm's options
+    (checked by a test), and with ``plugins`` those of the imported plugins too — so the
+    page does not change with what else this process happens to have imported."""
     out = [knobs.markdown_table(schema_keys()), "\n## Algorithm options\n\n"
            "Set as `algorithm.options.KEY=VALUE`; a preset (an ablation) fixes some of "
            "its family's options, shown with it.\n"]
     seen: dict[type, str] = {}
     for name in list_algorithms():
+        if not plugins and origin("algorithms", name) != "built-in":
+            continue
         opts, preset = options_of(name), preset_of(name)
         if opts in seen and not preset:
             out.append(f"\n### `{name}`\n\nThe options of `{seen[opts]}`.\n")

@@ -17,6 +17,7 @@ other tests run in. pip reads no index: everything it needs is already here.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -99,3 +100,92 @@ def test_extending_md_runs_block_by_block(tmp_path):
     assert (work / "suite" / "report" / "figures" / "headline.png").stat().st_size > 0
     runs = [p for p in (work / "rayfed_runs").iterdir() if (p / "config.yaml").exists()]
     assert len(runs) >= 3 and all((p / "checkpoint.safetensors").exists() for p in runs)
+
+
+# --- every page: its commands parse, its keys exist, its links resolve ------------------
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "cluster" / "README.md",
+         REPO / "examples" / "fedprox_plugin" / "README.md"]
+LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
+
+
+def documented_commands(path: Path) -> list[list[str]]:
+    """The argv of every ``rayfed-bpt`` command in the page's ``bash`` blocks (continued
+    lines joined, comments dropped, one argv per command of a ``&&``/``;``/``|`` chain)."""
+    import shlex
+
+    out = []
+    for lang, _, code in code_blocks(path):
+        if lang != "bash":
+            continue
+        for line in code.replace("\\\n", " ").splitlines():
+            if "rayfed-bpt" not in line:
+                continue  # (prose in a block, e.g. "<the server's address>", need not parse)
+            words = shlex.split(line, comments=True)
+            cmd: list[str] = []
+            for w in [*words, ";"]:
+                if w in ("&&", ";", "|", "||"):
+                    if "rayfed-bpt" in cmd:
+                        out.append(cmd[cmd.index("rayfed-bpt") + 1:])
+                    cmd = []
+                else:
+                    cmd.append(w)
+    return out
+
+
+def test_the_readme_is_a_front_door():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    for page in ("docs/index.md", "docs/data.md", "docs/running.md", "docs/extending.md"):
+        assert f"]({page})" in text, page
+    assert "pip install -e \".[dev]\" && rayfed-bpt run" in text
+    assert "pip install -e \".[dev]\" && pytest" in text  # .ci/run calls the same command
+    assert "pytest" in (REPO / ".ci" / "run").read_text().split("README's test command:")[1]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_link_of_a_page_resolves(page):
+    for target, _ in LINK.findall(page.read_text()):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        assert (page.parent / target).exists(), f"{page.name}: a link to {target}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_documented_command_parses_and_its_config_is_valid(page, monkeypatch):
+    """Each ``rayfed-bpt`` command of the page is one the CLI takes (its options exist, its
+    choices allowed), and a run's ``--config``/``--set`` make a config that passes every
+    check before Ray would start: a renamed option or key fails here."""
+    import rayfed_bpt.cli  # noqa: F401 - registers the commands
+    from rayfed_bpt.cli_parser import build_parser
+    from rayfed_bpt.config import PRESETS, load_config
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "fedprox_plugin"))  # its plugin
+    parser = build_parser()
+    for argv in documented_commands(page):
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            if e.code == 0:  # --help
+                continue
+            raise AssertionError(f"{page.name}: rayfed-bpt {' '.join(argv)}") from None
+        if getattr(args, "set", None) is None or getattr(args, "resume", None):
+            continue
+        config = getattr(args, "config", None)
+        if config and not ((PRESETS / f"{config}.yaml").exists() or (REPO / config).exists()):
+            config = None  # a user's own file (my.yaml, a sweep's best config)
+        plugins = [*getattr(args, "imports", []), "rayfed_fedprox"]
+        if all(importlib.util.find_spec(m) for m in plugins):  # (not a module the page writes)
+            load_config(config, args.set, plugins)
+
+
+@pytest.mark.slow  # a 2-round Ray run, about 40 s
+def test_the_readmes_python_example_runs(digits4_path, tmp_path):
+    [code] = [code for lang, _, code in code_blocks(REPO / "README.md") if lang == "python"]
+    env = {**os.environ, "RAYFED_BPT_DATA": str(digits4_path.parent.parent)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    acc, run_dir = r.stdout.strip().splitlines()[-2].split()
+    assert 0.0 < float(acc) <= 1.0 and (Path(run_dir) / "checkpoint.safetensors").exists()
+    assert "fedavg_vpt" in r.stdout.strip().splitlines()[-1]

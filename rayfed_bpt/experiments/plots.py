@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .suite import ABLATIONS, FLAGSHIP, NAMES, REFERENCES, Suite
+from .style import styles
+from .suite import FLAGSHIP, NAMES, Suite
 
 
 def _plt():
@@ -33,22 +34,18 @@ def _save(fig, ax, path: Path, title: str, legend_outside: bool = True) -> None:
     _plt().close(fig)
 
 
-def _hatch(method: str) -> str | None:
-    return "//" if method in ABLATIONS else ".." if method in REFERENCES else None
-
-
 def plot_curves(path: Path, suite: Suite, main: list[dict], setting: str, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     seed = suite.seeds[0]
+    look = styles(list(suite.methods))
     for m in suite.methods:
         rec = next((r for r in main if r["setting"] == setting and r["method"] == m
                     and r["seed"] == seed), None)
         if rec is None:
             continue
-        style = ":" if m in REFERENCES else "--" if m in ABLATIONS else "-"
         ax.plot([h["round"] for h in rec["history"]], [h["acc_mean"] for h in rec["history"]],
-                style, marker="o", ms=3, lw=2.4 if m == FLAGSHIP else 1.3, label=NAMES[m])
+                ms=4, lw=2.4 if m == FLAGSHIP else 1.3, label=NAMES[m], **look[m].line())
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -63,11 +60,12 @@ def plot_domains(path: Path, rows: list[dict], title: str) -> None:
     doms = list(rows[0]["domains"])
     width = 0.8 / len(rows)
     fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(doms)) + 2.5, 4.5))
+    look = styles([r["method"] for r in rows])
     for i, r in enumerate(rows):
         xs = np.arange(len(doms)) + (i - (len(rows) - 1) / 2) * width
         ms = [r["domains"][d] for d in doms]
         ax.bar(xs, [m for m, _ in ms], width, yerr=[np.nan_to_num(s) for _, s in ms], capsize=1.5,
-               label=NAMES[r["method"]], hatch=_hatch(r["method"]))
+               label=NAMES[r["method"]], **look[r["method"]].bar())
     ax.set_xticks(np.arange(len(doms)), doms)
     lo = min(r["domains"][d][0] for r in rows for d in doms if not math.isnan(
         r["domains"][d][0]))
@@ -99,11 +97,12 @@ def plot_headline(path: Path, suite: Suite, per: dict[str, dict[str, dict]]) -> 
     methods = [m for m in suite.methods if any(m in per[s] for s in cols)]
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(13, 4.5))
+    look = styles(methods)
     for i, m in enumerate(methods):
         xs = np.arange(len(cols)) + (i - (len(methods) - 1) / 2) * width
         ms = [per[s][m]["acc_ms"] if m in per[s] else (math.nan, math.nan) for s in cols]
         ax.bar(xs, [a for a, _ in ms], width, yerr=[np.nan_to_num(b) for _, b in ms], capsize=1.5,
-               label=NAMES[m], hatch=_hatch(m))
+               label=NAMES[m], **look[m].bar())
     ax.set_xticks(np.arange(len(cols)), cols)
     vals = [per[s][m]["acc_ms"][0] for s in cols for m in per[s]]
     ax.set_ylim(max(0.0, min(vals) - 0.05), min(1.0, max(vals) + 0.03))

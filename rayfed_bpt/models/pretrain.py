@@ -2,7 +2,7 @@
 
 Seeded and reproducible on one device type (GPU kernels differ in the last
 bits from CPU ones). The shipped weights were made with this function; the
-README gives the command line.
+docs/algorithms.md gives the command line.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class Driver:
                  resume: bool = False, placement_group=None, bundle_offset: int = 0,
                  parent_run_id: str | None = None, paced: bool = False,
                  mlflow_run_id: str | None = None):
-        # wall-clock marks of the start-up, for the README's "before round 1" breakdown
+        # wall-clock marks of the start-up, for docs/running.md's "before round 1" breakdown
         self.timeline = {"driver_process": process_started_at(), "driver_init": time.time()}
         self.cfg = cfg
         self.cfg_dict = cfg.to_dict()  # what config.yaml and checkpoints record
