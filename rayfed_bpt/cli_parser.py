@@ -104,3 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument(*flags, **kw)
         sp.set_defaults(func=fn)
     return p
+
+
+# ----- arguments several commands share ------------------------------------------------
+config_args = [
+    arg("--config", help="YAML config file"),
+    arg("--set", nargs="*", metavar="KEY=VALUE", default=[],
+        help="dotted overrides, e.g. algorithm.options.beta=1e-3 train.rounds=20 "
+        "(every key: rayfed-bpt config --reference)"),
+]
+address_arg = arg("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+import_arg = arg("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                 help="import MODULE first: the algorithms, partitioners and importers it "
+                 "registers become usable by name (repeatable; a run's config keeps them "
+                 "under `plugins`; docs/extending.md)")
+
+
+def no_ray_stats() -> None:
+    """Ray's usage statistics off unless the user turned them on (nothing leaves the machine)."""
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -21,11 +21,9 @@ from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import run_reference
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.experiments import paper_suite
+from rayfed_bpt.experiments.paper import _studies
 from rayfed_bpt.experiments.report import (
-    COSTS,
     chosen_personal,
-    diagnostics_table,
-    headline_table,
     rows_by_setting,
     setting_rows,
     study_rows,
@@ -49,9 +47,9 @@ from rayfed_bpt.experiments.suite import (
     LR_FROM,
     METHODS,
     RunSpec,
-    _studies,
     run_key,
 )
+from rayfed_bpt.experiments.tables import COSTS, diagnostics_table, headline_table
 
 LRS = {m: 0.01 * (i + 1) for i, m in enumerate(METHODS) if m not in LR_FROM}
 

@@ -12,10 +12,10 @@ import time
 
 import pytest
 from _net import free_port, start_mlflow_server
+from _runs import small_overrides, strip
 
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import load_checkpoint, run_reference
-from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.runtime import run_experiment
 from rayfed_bpt.runtime.faults import paused, release
 
@@ -23,15 +23,7 @@ CLI = [sys.executable, "-m", "rayfed_bpt.cli", "run"]
 
 
 def overrides(part, out, *extra):
-    return [f"data.partition_dir={part}", "data.max_train_per_client=64",
-            "data.max_test_per_client=40", "train.rounds=3", "train.eval_every=1",
-            "algorithm.options.prompt_len=2", "train.fraction=1.0",
-            f"runtime.output_dir={out}", "runtime.num_actors=2", *extra]
-
-
-def strip(history):
-    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
-            for m in history]
+    return small_overrides(part, out, "runtime.num_actors=2", *extra)
 
 
 def test_client_actor_dying_mid_round_changes_nothing(part4, tmp_path, local_ray):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 
+import _runs
 import numpy as np
 import pytest
 import torch
 
 from rayfed_bpt.algorithms.evaluation import mean_ci95
-from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import (
     CheckpointWriter,
     load_checkpoint,
@@ -30,11 +30,8 @@ from rayfed_bpt.errors import RayfedError
 
 
 def small(part, *extra):
-    return load_config(None, [
-        f"data.partition_dir={part}", "data.max_train_per_client=64",
-        "data.max_test_per_client=40", "train.rounds=3", "train.eval_every=1",
-        "train.fraction=0.5", "algorithm.options.prompt_len=2", "algorithm.name=fedavg_vpt",
-        "train.optimizer_state=keep", *extra])
+    return _runs.small(part, "train.fraction=0.5", "algorithm.name=fedavg_vpt",
+                       "train.optimizer_state=keep", *extra)
 
 
 def numbers(history):

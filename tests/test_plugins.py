@@ -17,18 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _runs import strip
 
 from rayfed_bpt.config import load_config
-from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "fedprox_plugin"
-
-
-def strip(history):
-    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
-            for m in history]
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +323,7 @@ def test_bad_plugin_input_is_a_clear_message_before_ray(tmp_path):
     with pytest.raises(ConfigError, match="'needs_a_dependency' needs "
                                           "'not_installed_anywhere_dep', which is not installed"):
         load_config(None, [f"plugins=[{dep}]"])
-    from rayfed_bpt.experiments.suite import paper_suite
+    from rayfed_bpt.experiments.paper import paper_suite
 
     with pytest.raises(ConfigError, match="--add-method .*'nope'.*not a registered"):
         paper_suite(quick=True).with_methods(["nope"])

@@ -11,9 +11,10 @@ import pickle
 import subprocess
 import sys
 
+import _runs
 import pytest
+from _runs import strip
 
-from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import (
     CheckpointWriter,
     RoundListener,
@@ -22,23 +23,13 @@ from rayfed_bpt.engine import (
     run_reference,
     save_checkpoint,
 )
-from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.engine.setup import torch_threads
 from rayfed_bpt.errors import RayfedError
 from rayfed_bpt.runtime.preflight import config_of_run
 
 
 def small(part, *extra):
-    return load_config(None, [
-        f"data.partition_dir={part}", "data.max_train_per_client=64",
-        "data.max_test_per_client=40", "train.rounds=4", "train.eval_every=1",
-        "train.fraction=0.5", "algorithm.options.prompt_len=2", *extra])
-
-
-def strip(history):
-    """Every metric but the timings; NaN (no global model) made comparable."""
-    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
-            for m in history]
+    return _runs.small(part, "train.rounds=4", "train.fraction=0.5", *extra)
 
 
 class Crash(RoundListener):

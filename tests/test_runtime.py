@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import ray
+from _runs import strip
 
 from rayfed_bpt.catalog import pool_names
 from rayfed_bpt.config import load_config
 from rayfed_bpt.engine import run_reference
-from rayfed_bpt.engine.loop import is_timing
 from rayfed_bpt.runtime import run_experiment
 
 
@@ -19,12 +19,6 @@ def cfg_for(part4, tmp_path, *extra):
         "data.max_test_per_client=40", "train.rounds=2", "algorithm.options.prompt_len=2",
         "train.fraction=1.0", "train.eval_every=1",
         f"runtime.output_dir={tmp_path}", *extra])
-
-
-def strip(history):
-    """Every metric but the timings; NaN (no global model) made comparable."""
-    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
-            for m in history]
 
 
 def assert_same(a, b):

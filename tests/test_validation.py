@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import _runs
 import numpy as np
 import pytest
+from _runs import strip
 
 from rayfed_bpt.algorithms.base import seed_for
 from rayfed_bpt.config import load_config
@@ -25,16 +27,8 @@ from rayfed_bpt.run_folder import RunFolder
 
 
 def small(part, *extra):
-    return load_config(None, [
-        f"data.partition_dir={part}", "data.max_train_per_client=48",
-        "data.max_test_per_client=24", "data.val_fraction=0.2", "train.rounds=2",
-        "train.eval_every=1", "train.fraction=1.0", "algorithm.options.prompt_len=2", *extra])
-
-
-def strip(history):
-    """Every metric but the timings; NaN (no global model) made comparable."""
-    return [{k: "nan" if v != v else v for k, v in m.items() if not is_timing(k)}
-            for m in history]
+    return _runs.small(part, "data.max_train_per_client=48", "data.max_test_per_client=24",
+                       "data.val_fraction=0.2", "train.rounds=2", *extra)
 
 
 def run(cfg, run_dir):

@@ -70,6 +70,36 @@ def _split_lists(root: Path, domain: str) -> dict[str, str] | None:
     return out
 
 
+def _class_files(root: Path, dom: str, cls: str, listed: dict | None, skipped: list[dict],
+                 stamp) -> list[str]:
+    """One class folder's image files (relative to ``root``, sorted), each added to the
+    import's ``stamp``; what is not an image, not in the split lists or unreadable is
+    appended to ``skipped`` with the reason."""
+    folder = root / dom / cls
+    if not folder.is_dir():
+        return []
+    out = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        rel = f"{dom}/{cls}/{entry.name}"
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append({"file": rel, "reason": "not an image file (by its name)"})
+            continue
+        if listed is not None and rel not in listed:
+            skipped.append({"file": rel, "reason": f"in neither {dom}_train.txt nor "
+                                                  f"{dom}_test.txt"})
+            continue
+        try:
+            st = entry.stat()
+        except OSError as e:  # a broken link
+            skipped.append({"file": rel, "reason": f"cannot be read ({e.strerror})"})
+            continue
+        stamp.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        out.append(rel)
+    return out
+
+
 def plan_image_folder(root: str | Path, size: int = 32, test_fraction: float = 0.2,
                       seed: int = 0, resize: str = "crop", pixels: str = "jpeg",
                       quality: int = QUALITY, classes: tuple[str, ...] = ()) -> ImportPlan:
@@ -100,26 +130,7 @@ def plan_image_folder(root: str | Path, size: int = 32, test_fraction: float = 0
         listed = _split_lists(root, dom)
         dom_files, dom_labels, dom_splits = [], [], []
         for c, cls in enumerate(class_names):
-            folder = root / dom / cls
-            if not folder.is_dir():
-                continue
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                rel = f"{dom}/{cls}/{entry.name}"
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir() or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append({"file": rel, "reason": "not an image file (by its name)"})
-                    continue
-                if listed is not None and rel not in listed:
-                    skipped.append({"file": rel, "reason": f"in neither {dom}_train.txt nor "
-                                                          f"{dom}_test.txt"})
-                    continue
-                try:
-                    st = entry.stat()
-                except OSError as e:  # a broken link
-                    skipped.append({"file": rel, "reason": f"cannot be read ({e.strerror})"})
-                    continue
-                stamp.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            for rel in _class_files(root, dom, cls, listed, skipped, stamp):
                 dom_files.append(rel)
                 dom_labels.append(c)
                 if listed is not None:

@@ -228,17 +228,7 @@ def partition_indices(
     train_idx = np.flatnonzero(is_train)
     test_idx = np.flatnonzero(~is_train)
     K = cfg.num_clients
-    n_train = len(train_idx)
-    if K > n_train:
-        raise DataError(
-            f"{K} clients but only {n_train} training examples: every client needs data. "
-            "Use fewer clients (--num-clients) or a larger dataset."
-        )
-    if K * cfg.min_samples > n_train:
-        raise DataError(
-            f"{K} clients x min_samples={cfg.min_samples} = {K * cfg.min_samples} exceeds the "
-            f"{n_train} training examples. Lower --min-samples or use fewer clients."
-        )
+    _check_enough(cfg, len(train_idx))
     if cfg.seed is None:
         cfg = cfg.recipe(0)
     rng = np.random.default_rng(cfg.seed)
@@ -276,11 +266,27 @@ def partition_indices(
         test_owner = deal(joint[test_idx], train_counts, rng)
         _give_every_client_a_test_example(test_owner, joint[test_idx], train_counts)
 
-    def group(idx: np.ndarray, own: np.ndarray) -> list[np.ndarray]:
-        keep = own >= 0
-        idx, own = idx[keep], own[keep]
-        order = np.argsort(own, kind="stable")
-        bounds = np.searchsorted(own[order], np.arange(K + 1))
-        return [np.sort(idx[order[bounds[k] : bounds[k + 1]]]) for k in range(K)]
+    return Partition(train=_by_owner(train_idx, owner, K), test=_by_owner(test_idx, test_owner, K))
 
-    return Partition(train=group(train_idx, owner), test=group(test_idx, test_owner))
+
+def _check_enough(cfg: PartitionConfig, n_train: int) -> None:
+    K = cfg.num_clients
+    if K > n_train:
+        raise DataError(
+            f"{K} clients but only {n_train} training examples: every client needs data. "
+            "Use fewer clients (--num-clients) or a larger dataset."
+        )
+    if K * cfg.min_samples > n_train:
+        raise DataError(
+            f"{K} clients x min_samples={cfg.min_samples} = {K * cfg.min_samples} exceeds the "
+            f"{n_train} training examples. Lower --min-samples or use fewer clients."
+        )
+
+
+def _by_owner(idx: np.ndarray, own: np.ndarray, K: int) -> list[np.ndarray]:
+    """Each client's rows, sorted (an owner of -1: the row goes to no client)."""
+    keep = own >= 0
+    idx, own = idx[keep], own[keep]
+    order = np.argsort(own, kind="stable")
+    bounds = np.searchsorted(own[order], np.arange(K + 1))
+    return [np.sort(idx[order[bounds[k] : bounds[k + 1]]]) for k in range(K)]

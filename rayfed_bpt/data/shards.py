@@ -55,6 +55,19 @@ def resolve_layout(layout: str) -> str:
     return "indices" if layout == "auto" else layout
 
 
+def _counts(tr: np.ndarray, te: np.ndarray, labels: np.ndarray, domains: np.ndarray,
+            info) -> dict:
+    """A client's manifest entry beside where its rows are: sizes, label and domain counts."""
+    def count(values: np.ndarray, idx: np.ndarray, n: int) -> list[int]:
+        return np.bincount(values[idx], minlength=n).tolist()
+
+    return {"num_train": int(len(tr)), "num_test": int(len(te)),
+            "label_counts": {"train": count(labels, tr, info.num_classes),
+                             "test": count(labels, te, info.num_classes)},
+            "domain_counts": {"train": count(domains, tr, info.num_domains),
+                              "test": count(domains, te, info.num_domains)}}
+
+
 def write_partition(
     dataset: Dataset, cfg: PartitionConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     layout: str = "auto",
@@ -100,24 +113,9 @@ def write_partition(
         labels, domains = dataset.labels, dataset.domains
         where = {"files": _write_files, "packed": _write_packs,
                  "indices": _write_rows}[layout](dataset, part, tmp_dir)
-        clients = []
-        for k, (tr, te) in enumerate(zip(part.train, part.test)):
-            clients.append(
-                {
-                    "client_id": k,
-                    **where["clients"][k],
-                    "num_train": int(len(tr)),
-                    "num_test": int(len(te)),
-                    "label_counts": {
-                        "train": np.bincount(labels[tr], minlength=info.num_classes).tolist(),
-                        "test": np.bincount(labels[te], minlength=info.num_classes).tolist(),
-                    },
-                    "domain_counts": {
-                        "train": np.bincount(domains[tr], minlength=info.num_domains).tolist(),
-                        "test": np.bincount(domains[te], minlength=info.num_domains).tolist(),
-                    },
-                }
-            )
+        clients = [{"client_id": k, **where["clients"][k],
+                    **_counts(tr, te, labels, domains, info)}
+                   for k, (tr, te) in enumerate(zip(part.train, part.test))]
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "dataset": {"path": str(dataset.path.resolve()),

@@ -5,6 +5,6 @@ and in MLflow, ``report`` writes ``results.md`` and the PNGs: none of these impo
 Ray. ``runner`` runs a suite on Ray (imported where a suite is run).
 """
 
-from .suite import SUITES, paper_suite
+from .paper import SUITES, paper_suite
 
 __all__ = ["SUITES", "paper_suite"]

@@ -80,13 +80,11 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     """Tune, run and report a suite; return the path of its ``results.md``.
     ``add_methods`` join every setting's rows (a plugin's method: name its module in
     ``plugins``)."""
-    import platform
-
     from ..runtime.launch import init_ray
     from ..runtime.signals import sigterm_as_interrupt, stop_signal
     from ..tracking import Tracker, resolve_tracking_uri, ui_command
+    from .paper import SUITES
     from .report import chosen_personal, tuned_lrs, write_report
-    from .suite import SUITES, config_hash
 
     if name not in SUITES:
         raise RayfedError(f"unknown suite {name!r}; available: {sorted(SUITES)}")
@@ -138,8 +136,28 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     records = tune + select + main + sens + variants
     keys = sorted({r["key"] for r in records})
     history = store.log_invocation(wall, store.written)
+    info = _report_info(suite, name, quick, command, records, keys, history)
+    path = write_report(report_dir, suite, tune, main, sens, lrs, info, variants, select)
+    if parent is not None:
+        parent.log_metrics({"wall_seconds": wall, "runs": len(keys)}, step=0)
+        parent.log_artifacts(report_dir)
+        parent.finish()
+        log(f"MLflow experiment rayfed_bpt-{suite.name} in {parent.uri}\n"
+            f"  browse it: {ui_command(parent.uri)}")
+    log(f"report: {path} ({wall / 60:.1f} min)")
+    return path
+
+
+def _report_info(suite, name: str, quick: bool, command: str, records: list[dict],
+                 keys: list[str], history: list[dict]) -> dict:
+    """What the report says of where its numbers come from: the command, the suite hash,
+    the invocations that computed runs and their wall time, the machine."""
+    import platform
+
+    from .suite import config_hash
+
     working = [h for h in history if h["computed"] > 0] or history[-1:]
-    info = {
+    return {
         "command": command or f"rayfed-bpt experiment --suite {name}" + (" --quick" * quick),
         "suite_hash": config_hash(keys),
         "wall_seconds": sum(h["wall_seconds"] for h in working),
@@ -151,12 +169,3 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
         "budget": suite.budget,
         "notes": suite.notes,
     }
-    path = write_report(report_dir, suite, tune, main, sens, lrs, info, variants, select)
-    if parent is not None:
-        parent.log_metrics({"wall_seconds": wall, "runs": len(keys)}, step=0)
-        parent.log_artifacts(report_dir)
-        parent.finish()
-        log(f"MLflow experiment rayfed_bpt-{suite.name} in {parent.uri}\n"
-            f"  browse it: {ui_command(parent.uri)}")
-    log(f"report: {path} ({wall / 60:.1f} min)")
-    return path

@@ -17,6 +17,13 @@ def final(rec: dict) -> dict:
     return rec["history"][-1]
 
 
+def tune_metric(rec: dict) -> float:
+    """What tuning chooses on: the final validation accuracy (test in records from before
+    validation existed)."""
+    f = final(rec)
+    return f["val_acc_mean"] if "val_acc_mean" in f else f["acc_mean"]
+
+
 def mean_std(xs) -> tuple[float, float]:
     a = np.asarray([x for x in xs if x is not None and not math.isnan(x)], float)
     if not len(a):
@@ -62,20 +69,19 @@ class PairedTest:
 
 
 def paired_test(d) -> PairedTest:
-    """The paired t-test and the sign-flip test of ``d`` (per-seed differences) against 0."""
+    """The paired t-test (scipy's, on the per-seed differences ``d``: ``ttest_rel(a, b)``
+    is ``ttest_1samp(a - b, 0)``) with its 95 % interval, and the sign-flip test."""
     d = np.asarray(d, dtype=float)
-    n = len(d)
-    if n < 2:
+    if len(d) < 2:
         return PairedTest(d, math.nan, math.nan, (math.nan, math.nan))
-    from scipy.stats import t as student_t
-
-    se = d.std(ddof=1) / math.sqrt(n)
-    half = float(student_t.ppf(0.975, n - 1) * se)
-    if se == 0:  # identical differences: certain unless they are all zero
-        p = 1.0 if d.mean() == 0 else 0.0
+    if d.std() == 0:  # identical differences: certain unless all zero (scipy says NaN)
+        p, ci = (1.0 if d.mean() == 0 else 0.0), (float(d.mean()),) * 2
     else:
-        p = float(2 * student_t.sf(abs(d.mean()) / se, n - 1))
-    return PairedTest(d, p, signflip_p(d), (d.mean() - half, d.mean() + half))
+        from scipy.stats import ttest_1samp
+
+        res = ttest_1samp(d, 0.0)
+        p, ci = float(res.pvalue), tuple(map(float, res.confidence_interval(0.95)))
+    return PairedTest(d, p, signflip_p(d), ci)
 
 
 def signflip_p(d) -> float:
@@ -120,11 +126,12 @@ def paired_text(t: PairedTest) -> str:
     if len(d) < 2:
         return text + ")"
     lo, hi = t.ci95
-    adj = "" if math.isnan(t.p_adj) else f", Holm-adjusted {_p(t.p_adj)}"
-    return text + f"; 95 % CI [{lo * 100:+.1f}, {hi * 100:+.1f}]; t-test p {_p(t.p)}{adj})"
+    adj = "" if math.isnan(t.p_adj) else f", Holm-adjusted {pval(t.p_adj)}"
+    return text + f"; 95 % CI [{lo * 100:+.1f}, {hi * 100:+.1f}]; t-test p {pval(t.p)}{adj})"
 
 
-def _p(p: float) -> str:
+def pval(p: float) -> str:
+    """A p-value as every table and sentence of the report writes it ("p = 0.084")."""
     return "n/a" if math.isnan(p) else "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
@@ -183,7 +190,7 @@ def oracle_gap(rows: list[dict], pair: tuple[str, str] = ("oracle_domain_vpt", "
     t = paired_test(paired(by[top], by[base]))
     d = t.d
     spread = f" ± {d.std(ddof=1) * 100:.1f}" if len(d) > 1 else ""
-    ci = (f" (95 % CI [{t.ci95[0] * 100:+.1f}, {t.ci95[1] * 100:+.1f}], p {_p(t.p)})"
+    ci = (f" (95 % CI [{t.ci95[0] * 100:+.1f}, {t.ci95[1] * 100:+.1f}], p {pval(t.p)})"
           if len(d) > 1 else "")
     what = "instance-wise prompts" if top == "oracle_domain_vpt" else "a personal part"
     room = (f"under 1 point: this setting **cannot show gains of {what}**"

@@ -256,11 +256,7 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
     from .results import summarize
 
     if resume_dir:
-        sweep_dir = Path(resume_dir).resolve()
-        state = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) \
-            if (sweep_dir / "sweep.yaml").exists() else None
-        if state is None:
-            raise ConfigError(f"{sweep_dir} is not a sweep folder (no sweep.yaml)")
+        sweep_dir, state = _sweep_state(resume_dir)
         space_path, overrides = state["space_path"], state["overrides"]
         plugins = [*state.get("plugins", []), *plugins]
         output_dir = state["output_dir"]  # the same MLflow store and folders as before
@@ -318,16 +314,32 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
     summary = summarize(sp, results, sweep_dir, rounds)
     summary["wall_seconds"] = time.perf_counter() - t0
     if tracker:
-        tracker.log_metrics({f"best_{sp.metric}": summary["best_metric"],
-                             **{f"best_test_{k}": v for k, v in summary["best_test"].items()
-                                if isinstance(v, float)},
-                             "num_trials": summary["num_trials"],
-                             "num_stopped_early": summary["num_stopped_early"]}, step=0)
-        tracker.log_artifacts(sweep_dir / "results")
-        tracker.finish("FINISHED")
+        _log_summary(tracker, sp, summary, sweep_dir)
     summary.update(sweep_dir=str(sweep_dir), parent_run_id=state["parent_run_id"],
                    tracking_uri=uri)
     return summary
+
+
+def _sweep_state(resume_dir: str | Path) -> tuple[Path, dict]:
+    """A sweep folder to resume and what its first start recorded (sweep.yaml)."""
+    sweep_dir = Path(resume_dir).resolve()
+    state = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) \
+        if (sweep_dir / "sweep.yaml").exists() else None
+    if state is None:
+        raise ConfigError(f"{sweep_dir} is not a sweep folder (no sweep.yaml)")
+    return sweep_dir, state
+
+
+def _log_summary(tracker, sp: SweepSpace, summary: dict, sweep_dir: Path) -> None:
+    """The parent run's ending: the best validation metric, the chosen trial's test
+    metrics, counts, the results folder."""
+    tracker.log_metrics({f"best_{sp.metric}": summary["best_metric"],
+                         **{f"best_test_{k}": v for k, v in summary["best_test"].items()
+                            if isinstance(v, float)},
+                         "num_trials": summary["num_trials"],
+                         "num_stopped_early": summary["num_stopped_early"]}, step=0)
+    tracker.log_artifacts(sweep_dir / "results")
+    tracker.finish("FINISHED")
 
 
 def _space_params(sp: SweepSpace) -> dict:
