@@ -11,6 +11,7 @@ The one owner of the layout every other module writes into or reads from:
         mlflow-fallback.json             the store the run moved to after an outage
         mlflow-fallback.db, mlartifacts-fallback/
         .faults/                         injected faults' markers (tests)
+        .writer.lock                     held by the one process that writes the run
 
 A run name is one folder name inside ``runtime.output_dir`` (``config.RuntimeConfig``
 refuses ``/``, ``..`` and control characters); unset, a time stamp with the
@@ -20,8 +21,13 @@ folder. Ground floor: no torch, no Ray.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -71,6 +77,12 @@ class RunFolder:
         ``run_name``, or a time stamp, ``label`` and a random suffix."""
         root = usable_folder(Path(output_dir), "runtime.output_dir")
         name = run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{label}-{secrets.token_hex(3)}"
+        existing = next(p for p in (root, *root.parents) if p.exists())
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+        if len(name.encode()) > limit:
+            raise ConfigError(f"runtime.run_name is {len(name.encode())} bytes; this file "
+                              f"system takes folder names of at most {limit}. Choose a "
+                              "shorter runtime.run_name.")
         folder = cls(root / name)
         if folder.path.exists():
             raise ConfigError(f"run folder {folder} already exists; resume it with "
@@ -103,12 +115,49 @@ class RunFolder:
 
 def usable_folder(path: Path, what: str) -> Path:
     """``path`` resolved, or a ConfigError when it could not be created and written."""
+    broken = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()),
+                  None)
+    if broken is not None:
+        raise ConfigError(f"{what} {path}: {broken} is a link to {os.readlink(broken)}, which "
+                          "does not exist. Fix the link or choose another folder.")
     path = path.resolve()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{what} {path}: {existing} is a file, not a folder. Choose another "
                           "runtime.output_dir.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: {existing} is not writable. Choose another "
-                          "runtime.output_dir.")
+    try:  # (os.access says yes to root on a read-only file system: try it, leave nothing)
+        os.rmdir(tempfile.mkdtemp(prefix=".rayfed-probe-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: nothing can be created in {existing} "
+                          f"({e.strerror}). Choose another runtime.output_dir.") from None
     return path
+
+
+WRITER_LOCK = ".writer.lock"
+
+
+@contextmanager
+def one_writer(folder: str | Path, what: str, how_to_resume: str) -> Iterator[None]:
+    """Hold ``folder``'s writer lock while the body runs: a second process that would
+    write the same run or sweep folder (two ``--resume`` of one run started at once) is
+    refused at once, before it touches anything, with who holds it. An advisory
+    ``flock``: the kernel releases it when the holder exits, however it exits, so a
+    crashed run never leaves a stale lock (on NFS, Linux emulates it with POSIX locks)."""
+    path = Path(folder) / WRITER_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"{what} {folder} is being written by {holder}: two writers would interleave "
+            "one checkpoint and one MLflow run. Wait for it to end, or stop it (Ctrl-C) and "
+            f"{how_to_resume}.") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"rayfed-bpt pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{datetime.now():%Y-%m-%d %H:%M:%S}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

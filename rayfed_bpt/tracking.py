@@ -124,7 +124,13 @@ class Tracker:
         self.run_id: str | None = None
 
     def _open(self, uri: str, experiment: str, artifact_root: str | Path | None) -> None:
+        import logging
+
         from mlflow.tracking import MlflowClient
+
+        # a new SQLite store's "Creating initial MLflow database tables..." is not news to
+        # a person watching a run (its warnings and errors still show)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)

@@ -106,6 +106,12 @@ CASES = [
     ("output-under-file", "an output folder below a regular file",
      "run --set data.partition_dir={part} runtime.output_dir={tmp}/file.txt/runs",
      "is a file, not a folder", 10),
+    ("output-broken-link", "an output folder through a link to nowhere",
+     "run --set data.partition_dir={part} runtime.output_dir={tmp}/broken/runs",
+     "which does not exist. Fix the link", 10),
+    ("run-name-too-long", "a run name longer than the file system allows",
+     "run --set data.partition_dir={part} runtime.output_dir={runs} runtime.run_name="
+     + "x" * 256, "this file system takes folder names of at most 255", 10),
     ("run-name-taken", "a run name whose folder exists",
      "run --set data.partition_dir={part} runtime.output_dir={tmp} runtime.run_name=taken",
      "already exists; resume it", 10),
@@ -197,6 +203,7 @@ def _write_broken_inputs(tmp: Path, part: Path) -> None:
     raw[-100] ^= 0xFF
     (tmp / "corrupt" / "client_00001.arrow").write_bytes(bytes(raw))
     (tmp / "file.txt").write_text("a file")
+    (tmp / "broken").symlink_to(tmp / "nowhere")
     (tmp / "taken").mkdir()
     for run in ("cutrun", "pickled"):
         (tmp / run / "config.yaml").write_text("seed: 0\n")

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import yaml
 from _net import free_port, start_mlflow_server
 from _runs import small_overrides, strip
 
@@ -75,6 +76,13 @@ def test_signal_stops_cleanly_and_says_how_to_resume(sig, code, name, part4, tmp
     finally:
         signal.signal(signal.SIGINT, previous)
     _wait_paused(run_dir, 1, proc)
+    # a second writer of the paused run's folder is refused at once, touching nothing
+    before = (run_dir / "checkpoint.safetensors").read_bytes()
+    second = subprocess.run(CLI + ["--no-progress", "--resume", str(run_dir)],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"is being written by rayfed-bpt pid {proc.pid}" in second.stderr, second.stderr
+    assert (run_dir / "checkpoint.safetensors").read_bytes() == before
     t = time.time()
     proc.send_signal(sig)
     output = proc.communicate(timeout=120)[0]
@@ -203,3 +211,28 @@ def test_resume_into_another_tracking_store_replays_every_round(tmp_path):
         (1, 0.1), (2, 0.2)]
     old_client = MlflowClient(f"sqlite:///{tmp_path / 'old.db'}")
     assert len(old_client.get_metric_history(run_id, "acc_mean")) == 2  # not logged twice
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_a_folder_someone_writes_is_refused_to_a_second_writer(command, part4, tmp_path):
+    """One writer per run or sweep folder: while another process holds the folder's
+    writer lock (here this test, through the same lock the CLI takes), ``--resume`` of it
+    ends at once with exit 2, the holder named, the folder as it was."""
+    from rayfed_bpt.run_folder import one_writer
+
+    folder = tmp_path / "held"
+    folder.mkdir()
+    if command == "run":
+        (folder / "config.yaml").write_text(yaml.safe_dump(
+            load_config(None, [f"data.partition_dir={part4}"]).to_dict()))
+    else:
+        (folder / "sweep.yaml").write_text(yaml.safe_dump(
+            {"space_path": "x.yaml", "overrides": [], "output_dir": str(tmp_path)}))
+    files = sorted(p.name for p in folder.iterdir())
+    with one_writer(folder, "folder", "resume"):
+        r = subprocess.run([sys.executable, "-m", "rayfed_bpt.cli", command, "--resume",
+                            str(folder)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"is being written by rayfed-bpt pid {os.getpid()}" in r.stderr
+    assert f"rayfed-bpt {command} --resume {folder}" in r.stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*files, ".writer.lock"])

@@ -79,6 +79,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(part4, tmp_path, local_ray)
     assert csv[0].startswith("client_id,num_train,num_test,accuracy") and len(csv) == 5
 
 
+@pytest.mark.slow  # 24 s on 2 cores; keeps the default suite well under 15 minutes
 def test_fractional_gpus_pack_four_to_a_gpu(part4, tmp_path):
     """A logical GPU: four actors asking 0.25 share GPU 0 and run on the CPU (no CUDA)."""
     ray.shutdown()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import ray
@@ -22,7 +23,7 @@ from ray.exceptions import RayTaskError
 from ..config import ExperimentConfig
 from ..engine.checkpoint import checkpoint_round
 from ..progress import Display
-from ..run_folder import RunFolder
+from ..run_folder import RunFolder, one_writer
 from ..tracking import check_tracking_uri, resolve_tracking_uri, ui_command
 from .preflight import check_backbone_file, check_partition, input_note
 from .signals import sigterm_as_interrupt, stop_signal
@@ -52,9 +53,18 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
     ``show_progress``: "auto" (a bar on a terminal, else lines), True (a bar), "lines"
     (a line per round), False.
     """
+    with ExitStack() as writer:
+        return _run(cfg, resume_dir, show_progress, log, writer)
+
+
+def _run(cfg: ExperimentConfig, resume_dir: str | Path | None, show_progress: bool | str,
+         log, writer: ExitStack) -> dict:
     started_at = time.time()
     if resume_dir is not None:
         run_dir = Path(resume_dir).resolve()
+        if run_dir.is_dir():  # (no folder: the checkpoint check says so)
+            writer.enter_context(one_writer(run_dir, "run folder",
+                                            f"`rayfed-bpt run --resume {run_dir}`"))
         checkpoint_round(run_dir)  # a corrupt checkpoint is refused now, not in an actor
     else:
         folder = RunFolder.choose(cfg.runtime.output_dir, cfg.runtime.run_name,
@@ -81,6 +91,8 @@ def run_experiment(cfg: ExperimentConfig, resume_dir: str | Path | None = None,
             sup.start(resume=resume_dir is not None)
             if resume_dir is None:
                 folder.create(cfg.to_dict())
+                writer.enter_context(one_writer(run_dir, "run folder",
+                                                f"`rayfed-bpt run --resume {run_dir}`"))
             summary = sup.wait()
         except KeyboardInterrupt:
             raise sup.stop(*stop_signal()) from None

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
 from ..errors import ConfigError, RayfedError
+from ..run_folder import one_writer
 from .space import Dimension, SweepSpace, corner_points, load_space
 
 TRIAL_CPU = 0.1  # bundle 0: the trial function and its driver actor mostly wait
@@ -245,7 +247,14 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
               output_dir: str | Path | None = None, plugins: list[str] = ()) -> dict:
     """Run (or resume) a sweep; choose on validation, then evaluate the chosen trial's
     test split once; write best-config YAML, results CSV, anytime curve and PNGs.
-    ``plugins`` join the space's ``base.plugins`` (and are kept for a resume)."""
+    ``plugins`` join the space's ``base.plugins`` (and are kept for a resume). One
+    process writes a sweep folder at a time (``run_folder.one_writer``)."""
+    with ExitStack() as writer:
+        return _sweep(space_path, overrides, address, resume_dir, output_dir, plugins, writer)
+
+
+def _sweep(space_path, overrides, address, resume_dir, output_dir, plugins,
+           writer: ExitStack) -> dict:
     import ray
     from ray import tune
 
@@ -257,6 +266,8 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
 
     if resume_dir:
         sweep_dir, state = _sweep_state(resume_dir)
+        writer.enter_context(one_writer(sweep_dir, "sweep folder",
+                                        f"`rayfed-bpt tune --resume {sweep_dir}`"))
         space_path, overrides = state["space_path"], state["overrides"]
         plugins = [*state.get("plugins", []), *plugins]
         output_dir = state["output_dir"]  # the same MLflow store and folders as before
@@ -270,6 +281,8 @@ def run_sweep(space_path: str | Path | None = None, overrides: list[str] = (),
     if not resume_dir:
         sweep_dir = out_root / "sweeps" / f"{datetime.now():%Y%m%d-%H%M%S}-{sp.name}"
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        writer.enter_context(one_writer(sweep_dir, "sweep folder",
+                                        f"`rayfed-bpt tune --resume {sweep_dir}`"))
         state = {"space_path": str(Path(space_path).resolve()), "overrides": list(overrides),
                  "plugins": list(plugins), "output_dir": str(out_root), "parent_run_id": None}
     uri = resolve_tracking_uri(base_cfg.tracking.tracking_uri, out_root) \
