@@ -213,21 +213,17 @@ def test_resume_into_another_tracking_store_replays_every_round(tmp_path):
     assert len(old_client.get_metric_history(run_id, "acc_mean")) == 2  # not logged twice
 
 
-@pytest.mark.parametrize("command", ["run", "tune"])
-def test_a_folder_someone_writes_is_refused_to_a_second_writer(command, part4, tmp_path):
-    """One writer per run or sweep folder: while another process holds the folder's
-    writer lock (here this test, through the same lock the CLI takes), ``--resume`` of it
-    ends at once with exit 2, the holder named, the folder as it was."""
+def test_a_sweep_folder_someone_writes_is_refused_to_a_second_writer(tmp_path):
+    """One writer per sweep folder too: while another process holds the folder's writer
+    lock (here this test, through the same lock the CLI takes), ``tune --resume`` of it
+    ends at once with exit 2, the holder named, the folder as it was. (A run folder's:
+    test_signal_stops_cleanly_and_says_how_to_resume, with a real paused run.)"""
     from rayfed_bpt.run_folder import one_writer
 
-    folder = tmp_path / "held"
+    command, folder = "tune", tmp_path / "held"
     folder.mkdir()
-    if command == "run":
-        (folder / "config.yaml").write_text(yaml.safe_dump(
-            load_config(None, [f"data.partition_dir={part4}"]).to_dict()))
-    else:
-        (folder / "sweep.yaml").write_text(yaml.safe_dump(
-            {"space_path": "x.yaml", "overrides": [], "output_dir": str(tmp_path)}))
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(
+        {"space_path": "x.yaml", "overrides": [], "output_dir": str(tmp_path)}))
     files = sorted(p.name for p in folder.iterdir())
     with one_writer(folder, "folder", "resume"):
         r = subprocess.run([sys.executable, "-m", "rayfed_bpt.cli", command, "--resume",

@@ -62,10 +62,10 @@ def _run(cfg: ExperimentConfig, resume_dir: str | Path | None, show_progress: bo
     started_at = time.time()
     if resume_dir is not None:
         run_dir = Path(resume_dir).resolve()
-        if run_dir.is_dir():  # (no folder: the checkpoint check says so)
-            writer.enter_context(one_writer(run_dir, "run folder",
-                                            f"`rayfed-bpt run --resume {run_dir}`"))
         checkpoint_round(run_dir)  # a corrupt checkpoint is refused now, not in an actor
+        # (then the lock: a refused folder is left exactly as it was, no lock file added)
+        writer.enter_context(one_writer(run_dir, "run folder",
+                                        f"`rayfed-bpt run --resume {run_dir}`"))
     else:
         folder = RunFolder.choose(cfg.runtime.output_dir, cfg.runtime.run_name,
                                   f"{cfg.algorithm.name}-s{cfg.seed}")
