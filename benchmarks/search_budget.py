@@ -8,7 +8,7 @@ metric vs trial-rounds consumed) and reports the best validation metric reached 
 once, from that trial's last checkpoint: reporting, not choosing). Sweeps run seed
 by seed, the searchers interleaved, so machine noise hits them alike.
 
-    python benchmarks/search_budget.py                       # the README's table
+    python benchmarks/search_budget.py                       # docs/sweeps.md's table
     python benchmarks/search_budget.py --budget 12 --seeds 0  # a quick look
     python benchmarks/search_budget.py --reuse                # finish a cut-off run
 """
