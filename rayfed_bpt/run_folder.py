@@ -77,8 +77,7 @@ class RunFolder:
         ``run_name``, or a time stamp, ``label`` and a random suffix."""
         root = usable_folder(Path(output_dir), "runtime.output_dir")
         name = run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{label}-{secrets.token_hex(3)}"
-        existing = next(p for p in (root, *root.parents) if p.exists())
-        limit = os.pathconf(existing, "PC_NAME_MAX")
+        limit = os.pathconf(nearest_existing(root), "PC_NAME_MAX")
         if len(name.encode()) > limit:
             raise ConfigError(f"runtime.run_name is {len(name.encode())} bytes; this file "
                               f"system takes folder names of at most {limit}. Choose a "
@@ -113,6 +112,11 @@ class RunFolder:
         return yaml.safe_load(path.read_text())
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or the closest of its parents that exists (where a new folder would go)."""
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 def usable_folder(path: Path, what: str) -> Path:
     """``path`` resolved, or a ConfigError when it could not be created and written."""
     broken = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()),
@@ -121,7 +125,7 @@ def usable_folder(path: Path, what: str) -> Path:
         raise ConfigError(f"{what} {path}: {broken} is a link to {os.readlink(broken)}, which "
                           "does not exist. Fix the link or choose another folder.")
     path = path.resolve()
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise ConfigError(f"{what} {path}: {existing} is a file, not a folder. Choose another "
                           "runtime.output_dir.")
@@ -137,10 +141,11 @@ WRITER_LOCK = ".writer.lock"
 
 
 @contextmanager
-def one_writer(folder: str | Path, what: str, how_to_resume: str) -> Iterator[None]:
+def one_writer(folder: str | Path, command: str) -> Iterator[None]:
     """Hold ``folder``'s writer lock while the body runs: a second process that would
-    write the same run or sweep folder (two ``--resume`` of one run started at once) is
-    refused at once, before it touches anything, with who holds it. An advisory
+    write the same run or sweep folder (``command``: run or tune; two ``--resume`` of one
+    run started at once) is refused at once, before it touches anything, with who holds
+    it. An advisory
     ``flock``: the kernel releases it when the holder exits, however it exits, so a
     crashed run never leaves a stale lock (on NFS, Linux emulates it with POSIX locks)."""
     path = Path(folder) / WRITER_LOCK
@@ -150,10 +155,11 @@ def one_writer(folder: str | Path, what: str, how_to_resume: str) -> Iterator[No
     except BlockingIOError:
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
+        what = "run folder" if command == "run" else "sweep folder"
         raise ConfigError(
             f"{what} {folder} is being written by {holder}: two writers would interleave "
             "one checkpoint and one MLflow run. Wait for it to end, or stop it (Ctrl-C) and "
-            f"{how_to_resume}.") from None
+            f"`rayfed-bpt {command} --resume {folder}`.") from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"rayfed-bpt pid {os.getpid()} on {socket.gethostname()} since "

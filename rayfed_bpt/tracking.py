@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .engine.state import RoundListener, RunState
 from .errors import ConfigError, RayfedError
-from .run_folder import RunFolder
+from .run_folder import RunFolder, nearest_existing
 
 # A tracking server that is down costs seconds, not MLflow's default minutes of retries.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -70,7 +70,7 @@ def check_tracking_uri(uri: str) -> None:
                               "at one that runs, or set tracking.enabled=false.") from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        existing = nearest_existing(folder)
         if not existing.is_dir() or not os.access(existing, os.W_OK):
             raise ConfigError(f"the MLflow store {uri} cannot be written: {existing} is not a "
                               "writable folder. Set runtime.output_dir or "

@@ -225,7 +225,7 @@ def test_a_sweep_folder_someone_writes_is_refused_to_a_second_writer(tmp_path):
     (folder / "sweep.yaml").write_text(yaml.safe_dump(
         {"space_path": "x.yaml", "overrides": [], "output_dir": str(tmp_path)}))
     files = sorted(p.name for p in folder.iterdir())
-    with one_writer(folder, "folder", "resume"):
+    with one_writer(folder, "tune"):
         r = subprocess.run([sys.executable, "-m", "rayfed_bpt.cli", command, "--resume",
                             str(folder)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

@@ -64,8 +64,7 @@ def _run(cfg: ExperimentConfig, resume_dir: str | Path | None, show_progress: bo
         run_dir = Path(resume_dir).resolve()
         checkpoint_round(run_dir)  # a corrupt checkpoint is refused now, not in an actor
         # (then the lock: a refused folder is left exactly as it was, no lock file added)
-        writer.enter_context(one_writer(run_dir, "run folder",
-                                        f"`rayfed-bpt run --resume {run_dir}`"))
+        writer.enter_context(one_writer(run_dir, "run"))
     else:
         folder = RunFolder.choose(cfg.runtime.output_dir, cfg.runtime.run_name,
                                   f"{cfg.algorithm.name}-s{cfg.seed}")
@@ -91,8 +90,7 @@ def _run(cfg: ExperimentConfig, resume_dir: str | Path | None, show_progress: bo
             sup.start(resume=resume_dir is not None)
             if resume_dir is None:
                 folder.create(cfg.to_dict())
-                writer.enter_context(one_writer(run_dir, "run folder",
-                                                f"`rayfed-bpt run --resume {run_dir}`"))
+                writer.enter_context(one_writer(run_dir, "run"))
             summary = sup.wait()
         except KeyboardInterrupt:
             raise sup.stop(*stop_signal()) from None

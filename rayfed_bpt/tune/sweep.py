@@ -266,8 +266,7 @@ def _sweep(space_path, overrides, address, resume_dir, output_dir, plugins,
 
     if resume_dir:
         sweep_dir, state = _sweep_state(resume_dir)
-        writer.enter_context(one_writer(sweep_dir, "sweep folder",
-                                        f"`rayfed-bpt tune --resume {sweep_dir}`"))
+        writer.enter_context(one_writer(sweep_dir, "tune"))
         space_path, overrides = state["space_path"], state["overrides"]
         plugins = [*state.get("plugins", []), *plugins]
         output_dir = state["output_dir"]  # the same MLflow store and folders as before
@@ -281,8 +280,7 @@ def _sweep(space_path, overrides, address, resume_dir, output_dir, plugins,
     if not resume_dir:
         sweep_dir = out_root / "sweeps" / f"{datetime.now():%Y%m%d-%H%M%S}-{sp.name}"
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        writer.enter_context(one_writer(sweep_dir, "sweep folder",
-                                        f"`rayfed-bpt tune --resume {sweep_dir}`"))
+        writer.enter_context(one_writer(sweep_dir, "tune"))
         state = {"space_path": str(Path(space_path).resolve()), "overrides": list(overrides),
                  "plugins": list(plugins), "output_dir": str(out_root), "parent_run_id": None}
     uri = resolve_tracking_uri(base_cfg.tracking.tracking_uri, out_root) \
