@@ -138,7 +138,8 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 def cmd_config(args: argparse.Namespace) -> None:
     import yaml
 
-    from .config import load_config, reference_markdown
+    from .config import load_config
+    from .config_reference import reference_markdown
 
     if args.reference:  # with --import, the plugins' algorithms' options too
         if args.imports:

@@ -106,7 +106,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
      "file (a partition that travels without its dataset)")
 @with_args(import_arg)
 def cmd_data_partition(args: argparse.Namespace) -> None:
-    from .data import dataset_path, load_dataset, write_partition
+    from .data import PartitionReader, dataset_path, load_dataset, write_partition
     from .data.recipe import partition_folder
     from .plugins import import_plugins
 
@@ -119,8 +119,12 @@ def cmd_data_partition(args: argparse.Namespace) -> None:
     ds = load_dataset(source)
     out = Path(args.out) if args.out else partition_folder(source, cfg)
     write_partition(ds, cfg, out, overwrite=args.overwrite, layout=args.layout)
-    print(f"{cfg.num_clients} clients' rows and manifest.json are in {out} "
-          f"({time.perf_counter() - t:.1f}s)")
+    held = PartitionReader(out, verify=False)
+    extra = len(held.new_clients) + len(held.ood_clients)
+    print(f"{held.num_clients} clients' rows and manifest.json are in {out} "
+          f"({time.perf_counter() - t:.1f}s)" + (f"; {extra} of them held out of training "
+                                                 "(`rayfed-bpt data show` marks them)"
+                                                 if extra else ""))
 
 
 @command("data verify", help="hash every byte of a partition or dataset",

@@ -53,7 +53,8 @@ def _options_of(schema: type, skip: tuple[str, ...]) -> list[tuple[tuple, dict]]
         if scalar[0] is bool:
             kind = {"action": "store_true"}  # the schema's flags default to false
         elif scalar[0] is list or typing.get_origin(scalar[0]) is list:
-            kind = {"type": float, "nargs": "+"}  # the schema's lists are of numbers
+            item = typing.get_args(scalar[0]) or (float,)  # a bare list: of numbers
+            kind = {"type": item[0], "nargs": "+"}
         out.append(((f"--{f.name.replace('_', '-')}",),
                     {**kind, "default": f.default, "dest": f.name,
                      "help": f"{f.metadata.get('help', '')} (default: {f.default})"}))

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from . import knobs
-from .catalog import algorithm_options, check_pool, list_algorithms, options_of, preset_of
+from .catalog import algorithm_options, check_pool
 from .errors import ConfigError
 from .knobs import Checked, apply_overrides, knob, read_yaml, set_key
-from .plugins import import_plugins, origin
+from .plugins import import_plugins
 
 __all__ = ["ExperimentConfig", "apply_overrides", "from_dict", "knob", "load_config",
            "read_yaml"]
@@ -63,12 +63,41 @@ class PartitionConfig(Checked):
     min_samples: int = knob(10, "least training examples per client", bounds="[0, inf)")
     max_draws: int = knob(100, "random partitioners redraw at most this often to meet "
                           "min_samples", bounds=AT_LEAST_1)
+    new_clients: float = knob(0, "clients held out of training (a seeded choice among "
+                              "num_clients): a count (>= 1) or a share (< 1); evaluated at the "
+                              "end zero-shot and after train.adapt_rounds local updates "
+                              "(new_acc_mean, new_acc_adapted_mean)", bounds="[0, inf)")
+    ood_domains: list[str] | None = knob(None, "domains held out of training: their examples "
+                                         "leave every client, and each becomes one unseen-"
+                                         "domain client evaluated like a new client "
+                                         "(ood_acc_mean, ood_domain_acc/NAME)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.partitioner == "dirichlet" and self.label_alpha is None:
             raise ConfigError("data.partitioner=dirichlet needs data.label_alpha (the label "
                               "skew, e.g. 0.5; smaller is more skewed)")
+        if self.new_clients >= 1 and self.new_clients != int(self.new_clients):
+            raise ConfigError(f"data.new_clients={self.new_clients:g}: a count of clients (a "
+                              "whole number >= 1) or a share of them (< 1)")
+        if self.new_clients and self.held_out_count() >= self.num_clients:
+            raise ConfigError(f"data.new_clients={self.new_clients:g} holds out "
+                              f"{self.held_out_count()} of data.num_clients={self.num_clients}: "
+                              "leave at least one client to train")
+        if self.ood_domains is not None:
+            if not self.ood_domains or not all(isinstance(d, str) and d
+                                               for d in self.ood_domains):
+                raise ConfigError(f"data.ood_domains={self.ood_domains!r} must be a list of "
+                                  "domain names, e.g. [rotate] (unset: none held out)")
+            if len(set(self.ood_domains)) != len(self.ood_domains):
+                raise ConfigError(f"data.ood_domains={self.ood_domains!r} names a domain twice")
+
+    def held_out_count(self) -> int:
+        """How many of the ``num_clients`` clients ``new_clients`` holds out of training."""
+        n = self.new_clients
+        if n >= 1:
+            return int(n)
+        return max(1, int(n * self.num_clients + 0.5)) if n > 0 else 0
 
     def recipe(self, seed: int = 0) -> PartitionConfig:
         """The bare recipe (a ``DataConfig`` carries more), its seed filled in."""
@@ -155,6 +184,12 @@ class TrainConfig(Checked):
                                "true: a fresh sample each time")
     eval_final_all: bool = knob(True, "the last round evaluates every client whatever "
                                 "eval_fraction says")
+    adapt_rounds: int = knob(1, "held-out clients (data.new_clients, data.ood_domains): local "
+                             "updates each runs from the final global state, the method's own "
+                             "as in a round, before its adapted evaluation; 0: zero-shot only",
+                             bounds="[0, inf)")
+    eval_new: str = knob("end", "when held-out clients are evaluated: at the end, or at each "
+                         "evaluation", choices=("end", "each"))
     precision: str = knob("auto", "frozen-backbone passes in bf16 (autocast) or fp32 (TF32 on "
                           "a GPU); auto: bf16 on a GPU that has it, fp32 on a CPU, so a CPU "
                           "run's numbers are fp32's. The SIVI, KL and aggregation math stays "
@@ -312,38 +347,6 @@ class ExperimentConfig:
         for key, value in values.items():
             set_key(d, key, value)
         return from_dict(ExperimentConfig, d)
-
-
-def schema_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, Any, str, str]]:
-    """Every config key as (dotted key, default, type, help)."""
-    return knobs.schema_keys(cls, prefix)
-
-
-def reference_markdown(plugins: bool = False) -> str:
-    """docs/config.md's tables: every config key, then each built-in algorithm's options
-    (checked by a test), and with ``plugins`` those of the imported plugins too — so the
-    page does not change with what else this process happens to have imported."""
-    out = [knobs.markdown_table(schema_keys()), "\n## Algorithm options\n\n"
-           "Set as `algorithm.options.KEY=VALUE`; a preset (an ablation) fixes some of "
-           "its family's options, shown with it.\n"]
-    seen: dict[type, str] = {}
-    for name in list_algorithms():
-        if not plugins and origin("algorithms", name) != "built-in":
-            continue
-        opts, preset = options_of(name), preset_of(name)
-        if opts in seen and not preset:
-            out.append(f"\n### `{name}`\n\nThe options of `{seen[opts]}`.\n")
-            continue
-        if preset:
-            fixed = ", ".join(f"`{k}={v!r}`" for k, v in preset.items())
-            out.append(f"\n### `{name}`\n\nThe options of `{seen.get(opts, '?')}` with "
-                       f"{fixed}.\n")
-            continue
-        seen[opts] = name
-        rows = knobs.schema_keys(opts)
-        out.append(f"\n### `{name}`\n\n" + (knobs.markdown_table(rows) if rows
-                                               else "No options.\n"))
-    return "".join(out)
 
 
 def from_dict(cls: type, d: dict | None, prefix: str = "") -> Any:

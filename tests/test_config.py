@@ -76,13 +76,8 @@ def test_each_default_is_written_once_and_cli_and_docs_agree():
 
     import rayfed_bpt.cli  # noqa: F401 - registers the commands
     from rayfed_bpt.cli_parser import _COMMANDS, build_parser
-    from rayfed_bpt.config import (
-        BackboneConfig,
-        ExperimentConfig,
-        PartitionConfig,
-        reference_markdown,
-        schema_keys,
-    )
+    from rayfed_bpt.config import BackboneConfig, ExperimentConfig, PartitionConfig
+    from rayfed_bpt.config_reference import reference_markdown, schema_keys
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     assert reference_markdown() in doc, "regenerate: rayfed-bpt config --reference"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -74,7 +74,11 @@ def recipe_record(cfg: PartitionConfig) -> dict:
     """The recipe options that matter for its partitioner (what a manifest records)."""
     _, reads, _, _ = _partitioner(cfg.partitioner)
     keep = ("partitioner", "num_clients", "seed", "min_samples", "max_draws", *reads)
-    return {f.name: getattr(cfg, f.name) for f in fields(PartitionConfig) if f.name in keep}
+    rec = {f.name: getattr(cfg, f.name) for f in fields(PartitionConfig) if f.name in keep}
+    # held-out clients and domains: recorded only when set, so a recipe without them
+    # keeps its folder and manifest
+    rec.update({k: getattr(cfg, k) for k in ("new_clients", "ood_domains") if getattr(cfg, k)})
+    return rec
 
 
 @dataclass
@@ -83,6 +87,8 @@ class Partition:
 
     train: list[np.ndarray]
     test: list[np.ndarray]
+    new: list[int] = field(default_factory=list)  # clients held out of training
+    ood: dict[str, int] = field(default_factory=dict)  # held-out domain -> its client
 
 
 def deal(cells: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -210,21 +216,87 @@ def partition_indices(
     num_classes: int,
     num_domains: int,
     groups: np.ndarray | None = None,
+    domain_names: list[str] | None = None,
 ) -> Partition:
     """Split a dataset's examples among ``cfg.num_clients`` clients (``groups``: each
     example's natural group, for a partitioner that deals whole groups).
 
+    Held out, when the recipe says so: ``cfg.ood_domains`` (names in ``domain_names``)
+    leave the dealing, and each becomes one more client (after the dealt ones) holding
+    that domain's rows, the unseen-domain population; ``cfg.new_clients`` is a seeded
+    choice of dealt clients that never train. Without either, the same deal as ever.
+
     Raises a ``DataError`` when ``min_samples`` train examples per client cannot
     be met within ``cfg.max_draws`` draws, rather than retrying forever.
     """
+    labels = np.asarray(labels, np.int64)
+    domains = np.asarray(domains, np.int64)
+    is_train = np.asarray(is_train, bool)
+    names = list(domain_names or [str(d) for d in range(num_domains)])
+    held = _held_domains(cfg, names, domains, is_train)
+    if not held:
+        part = _deal_all(cfg, labels, domains, is_train, num_classes, num_domains, groups)
+    else:
+        keep = np.flatnonzero(~np.isin(domains, held))
+        compact = np.full(num_domains, -1, np.int64)
+        kept = np.setdiff1d(np.arange(num_domains), held)
+        compact[kept] = np.arange(len(kept))
+        try:
+            sub = _deal_all(cfg, labels[keep], compact[domains[keep]], is_train[keep],
+                            num_classes, len(kept),
+                            None if groups is None else np.asarray(groups)[keep])
+        except DataError as e:
+            raise DataError(f"with data.ood_domains={cfg.ood_domains} held out of training: "
+                            f"{e}") from e
+        part = Partition([keep[t] for t in sub.train], [keep[t] for t in sub.test])
+        for i, (name, d) in enumerate(zip(cfg.ood_domains, held)):
+            part.train.append(np.flatnonzero(is_train & (domains == d)))
+            part.test.append(np.flatnonzero(~is_train & (domains == d)))
+            part.ood[name] = cfg.num_clients + i
+    part.new = new_client_ids(cfg)
+    return part
+
+
+def new_client_ids(cfg: PartitionConfig) -> list[int]:
+    """The dealt clients ``cfg.new_clients`` holds out of training: a choice seeded by
+    the recipe's seed alone, apart from the deal's own draws (which it leaves as they were)."""
+    n = cfg.held_out_count()
+    if n == 0:
+        return []
+    rng = np.random.default_rng([0 if cfg.seed is None else cfg.seed, 0x6E6577])
+    return sorted(rng.choice(cfg.num_clients, n, replace=False).tolist())
+
+
+def _held_domains(cfg: PartitionConfig, names: list[str], domains: np.ndarray,
+                  is_train: np.ndarray) -> list[int]:
+    """The domain ids ``cfg.ood_domains`` names, checked: each a domain of the data set with
+    test rows to evaluate, and at least one domain left to train on."""
+    if not cfg.ood_domains:
+        return []
+    unknown = [d for d in cfg.ood_domains if d not in names]
+    if unknown:
+        raise DataError(f"data.ood_domains names {unknown}, not a domain of this data set; its "
+                        f"domains: {names}")
+    held = [names.index(d) for d in cfg.ood_domains]
+    if len(held) == len(names):
+        raise DataError(f"data.ood_domains={cfg.ood_domains} holds out every domain of the data "
+                        "set: leave at least one to train on")
+    no_test = [n for n, d in zip(cfg.ood_domains, held) if not np.any(~is_train & (domains == d))]
+    if no_test:
+        raise DataError(f"held-out domain(s) {no_test} have no test rows to evaluate the "
+                        "unseen-domain client on; hold out another domain (data.ood_domains)")
+    return held
+
+
+def _deal_all(cfg: PartitionConfig, labels: np.ndarray, domains: np.ndarray,
+              is_train: np.ndarray, num_classes: int, num_domains: int,
+              groups: np.ndarray | None) -> Partition:
+    """Every example dealt to the ``cfg.num_clients`` clients (``partition_indices``)."""
     weights, _, random, by_group = _partitioner(cfg.partitioner)
     if by_group and groups is None:
         raise DataError(f"partitioner {cfg.partitioner!r} deals the data set's groups, and this "
                         "data set has no group column: import it with `rayfed-bpt data prepare "
                         "... --group-column NAME` (a writer or user id column).")
-    labels = np.asarray(labels, np.int64)
-    domains = np.asarray(domains, np.int64)
-    is_train = np.asarray(is_train, bool)
     train_idx = np.flatnonzero(is_train)
     test_idx = np.flatnonzero(~is_train)
     K = cfg.num_clients

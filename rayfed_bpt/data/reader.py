@@ -126,6 +126,22 @@ class PartitionReader:
     def client_ids(self) -> list[int]:
         return sorted(self._clients)
 
+    @property
+    def new_clients(self) -> list[int]:
+        """Clients held out of training (``data.new_clients``)."""
+        return list(self.manifest.get("held_out", {}).get("new_clients", []))
+
+    @property
+    def ood_clients(self) -> dict[str, int]:
+        """Held-out domain -> the client holding its rows (``data.ood_domains``)."""
+        return dict(self.manifest.get("held_out", {}).get("ood_domains", {}))
+
+    @property
+    def training_ids(self) -> list[int]:
+        """The clients that train and count in the round metrics: all but the held out."""
+        held = {*self.new_clients, *self.ood_clients.values()}
+        return [k for k in self.client_ids if k not in held]
+
     def entry(self, client_id: int) -> dict:
         if client_id not in self._clients:
             raise DataError(

@@ -90,15 +90,9 @@ def write_partition(
         )
     info = dataset.info
     splits = dataset.splits
-    part = partition_indices(
-        cfg,
-        dataset.labels,
-        dataset.domains,
-        splits == "train",
-        info.num_classes,
-        info.num_domains,
-        dataset.groups,
-    )
+    part = partition_indices(cfg, dataset.labels, dataset.domains, splits == "train",
+                             info.num_classes, info.num_domains, dataset.groups,
+                             info.domain_names)
     empty_test = [k for k, t in enumerate(part.test) if len(t) == 0]
     if empty_test:
         raise DataError(
@@ -127,6 +121,8 @@ def write_partition(
             **{k: v for k, v in where.items() if k != "clients"},
             "clients": clients,
         }
+        if part.new or part.ood:  # who trains not: new clients, unseen-domain clients
+            manifest["held_out"] = {"new_clients": part.new, "ood_domains": part.ood}
         write_json(manifest, tmp_dir / MANIFEST)
         if out_dir.exists() and not overwrite and _matches(out_dir, cfg, layout, sha256=sha256):
             shutil.rmtree(tmp_dir, ignore_errors=True)  # a parallel writer made it meanwhile:

@@ -26,12 +26,14 @@ def summary_table(reader: PartitionReader, max_rows: int = 50) -> str:
         + "  classes(train>0)"
     )
     lines = [f"partition {reader.root}  ({reader.manifest['partition']})", header]
+    role = {**{k: "  new client (held out)" for k in reader.new_clients},
+            **{k: f"  unseen domain {d} (held out)" for d, k in reader.ood_clients.items()}}
     for row, k in enumerate(reader.client_ids[:max_rows]):
         e = reader.entry(k)
         lines.append(
             f"{k:>6} {e['num_train']:>6} {e['num_test']:>5}  "
             + " ".join(f"{c:>8}" for c in dom[row])
-            + f"  {int((lab[row] > 0).sum())}"
+            + f"  {int((lab[row] > 0).sum())}{role.get(k, '')}"
         )
     if reader.num_clients > max_rows:
         lines.append(f"... {reader.num_clients - max_rows} more clients")

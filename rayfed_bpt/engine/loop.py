@@ -46,11 +46,16 @@ def is_timing(key: str) -> bool:
 class Engine:
     def __init__(self, cfg: ExperimentConfig, alg: Algorithm, pool: ClientPool,
                  client_ids: Sequence[int], domain_names: Sequence[str],
-                 listeners: Sequence[RoundListener] = (), personal_dir: str | Path | None = None):
+                 listeners: Sequence[RoundListener] = (), personal_dir: str | Path | None = None,
+                 new_clients: Sequence[int] = (), ood_clients: dict[str, int] | None = None):
         self.cfg = cfg
         self.alg = alg
         self.pool = pool
-        self.client_ids = list(client_ids)
+        self.client_ids = list(client_ids)  # the clients that train
+        # held out of training (data.new_clients, data.ood_domains): metric prefix -> clients
+        self.held_out = {p: ids for p, ids in (("new_", sorted(new_clients)),
+                                               ("ood_", sorted((ood_clients or {}).values())))
+                         if ids}
         self.domain_names = list(domain_names)
         self.listeners = list(listeners)
         self.personal_dir = personal_dir  # where spilled personal states go (the run's)
@@ -69,18 +74,20 @@ class Engine:
         state.personal.bind(self.client_ids, self.alg.init_personal, self.hot, self.hot_bytes)
         return state
 
-    def eval_clients(self, round: int) -> list[int]:
-        """The clients evaluated after round ``round`` (0-based): all, or a seeded share
-        ``train.eval_fraction`` — the same share every time, or a fresh one each
-        evaluation (``train.eval_resample``); the last round all unless
-        ``train.eval_final_all`` is off."""
-        t, n = self.cfg.train, len(self.client_ids)
+    def eval_clients(self, round: int, ids: Sequence[int] | None = None,
+                     stream: str = "eval") -> list[int]:
+        """The clients (of ``ids``, default: those that train) evaluated after round
+        ``round`` (0-based): all, or a seeded share ``train.eval_fraction`` — the same
+        share every time, or a fresh one each evaluation (``train.eval_resample``); the
+        last round all unless ``train.eval_final_all`` is off."""
+        ids = self.client_ids if ids is None else list(ids)
+        t, n = self.cfg.train, len(ids)
         if t.eval_fraction >= 1 or (round + 1 == t.rounds and t.eval_final_all):
-            return self.client_ids
+            return ids
         m = min(n, max(1, round_half_up(t.eval_fraction * n)))
-        rng = np.random.default_rng(seed_for(self.cfg.seed, "eval",
+        rng = np.random.default_rng(seed_for(self.cfg.seed, stream,
                                              round if t.eval_resample else 0))
-        return sorted(np.asarray(self.client_ids)[rng.choice(n, m, replace=False)].tolist())
+        return sorted(np.asarray(ids)[rng.choice(n, m, replace=False)].tolist())
 
     def evaluates(self, round: int) -> bool:
         """Whether round ``round`` (0-based) ends with an evaluation."""
@@ -124,6 +131,60 @@ class Engine:
         out["backbone_passes_per_image"] = float(self.alg.backbone_passes(options))
         return out
 
+    def evaluates_held_out(self, round: int) -> bool:
+        """Whether round ``round`` (0-based) also evaluates the held-out clients: the last
+        one, or each evaluation with ``train.eval_new=each`` (test split, as the rest)."""
+        t = self.cfg.train
+        return (bool(self.held_out) and t.eval_test and self.evaluates(round)
+                and (round + 1 == t.rounds or t.eval_new == "each"))
+
+    def evaluate_held_out(self, state: RunState, round: int | None = None) -> dict[str, float]:
+        """The clients that never trained, on their test split: zero-shot (the global state,
+        a personal part at its initial value) and, with ``train.adapt_rounds``, after that
+        many of the method's own local updates on their train split (``*_adapted_*``).
+        New clients are sampled as the others are (``eval_clients``); each unseen domain
+        is one client. Metrics ``new_*`` and ``ood_*``; nothing in the run's state changes."""
+        round = state.round - 1 if round is None else round
+        out: dict[str, float] = {}
+        for prefix, ids in self.held_out.items():
+            if prefix == "new_":
+                ids = self.eval_clients(round, ids, "eval_new")
+            start = {k: self.alg.init_personal(k) for k in ids}
+            out.update(self._held_out_summary(state.global_state, start, round, prefix, ""))
+            if self.cfg.train.adapt_rounds:
+                adapted = self.adapt(state.global_state, start, state.round)
+                out.update(self._held_out_summary(state.global_state, adapted, round, prefix,
+                                                  "_adapted"))
+            if len(ids) < len(self.held_out[prefix]):
+                out[f"{prefix}eval_clients"] = float(len(ids))
+        return out
+
+    def adapt(self, global_state: State, personal: dict[int, State], round: int
+              ) -> dict[int, State]:
+        """Each client's ``train.adapt_rounds`` local updates from ``global_state``, as a
+        round's (rounds ``round``, ``round + 1``, ...: seeds no trained client used). What a
+        client ends with is its whole state, shared part included, carried as personal:
+        a personal entry loads over the global one of its name."""
+        shared = set(global_state)
+        for j in range(self.cfg.train.adapt_rounds):
+            results = self.pool.train(global_state, personal, round + j)
+            personal = {r.client_id: {**{k: v for k, v in r.update.items() if k in shared},
+                                      **r.personal} for r in results}
+        return personal
+
+    def _held_out_summary(self, global_state: State, personal: dict[int, State], round: int,
+                          prefix: str, tag: str) -> dict[str, float]:
+        evals = self.pool.evaluate(global_state, personal, round, None, ("test",))
+        summary = summarize(evals, self.domain_names, False)
+        del summary["global_acc"]  # no pooled global model among held-out clients
+        out = {}
+        for k, v in summary.items():
+            if k.startswith("domain_acc/") and v != v:
+                continue  # a domain these clients do not hold
+            name = k.replace("/", tag + "/", 1) if "/" in k else k.replace("_", tag + "_", 1)
+            out[prefix + name] = v
+        return out
+
     def step(self, state: RunState) -> dict:
         """Run round ``state.round``; update ``state``; return the round's metrics."""
         r = state.round
@@ -146,6 +207,8 @@ class Engine:
         t_agg = time.perf_counter()
         if self.evaluates(r):
             m.update(self.evaluate(state, clients=self.eval_clients(r)))
+            if self.evaluates_held_out(r):
+                m.update(self.evaluate_held_out(state, r))
             m["eval_seconds"] = time.perf_counter() - t_agg
         m["train_seconds"] = t_train - t0
         m["aggregate_seconds"] = t_agg - t_train

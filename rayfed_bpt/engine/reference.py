@@ -32,10 +32,10 @@ def local_engine(cfg: ExperimentConfig, listeners: Sequence[RoundListener] = ())
     """The engine over an in-process pool for ``cfg`` (the partition made if needed)."""
     import_plugins(cfg.plugins)  # a config from a Ray task: its partitioner may be a plugin
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
-    cfg.train.check_population(reader.num_clients)
+    cfg.train.check_population(len(reader.training_ids))
     pool = make_pool(PoolContext(cfg, reader), "in_process")
-    return Engine(cfg, pool.host.alg, pool, reader.client_ids, reader.info.domain_names,
-                  listeners)
+    return Engine(cfg, pool.host.alg, pool, reader.training_ids, reader.info.domain_names,
+                  listeners, new_clients=reader.new_clients, ood_clients=reader.ood_clients)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:

@@ -183,9 +183,11 @@ class Driver:
         listeners += [_Progress(self), _Faults(cfg.runtime.faults, self.run_dir)]
         if self.paced:
             listeners.append(_Pace(self._go, cfg.train.rounds, cfg.runtime.round_timeout_s))
-        engine = Engine(cfg, self.alg, self.pool, self.reader.client_ids,
+        engine = Engine(cfg, self.alg, self.pool, self.reader.training_ids,
                         self.reader.info.domain_names, listeners,
-                        personal_dir=RunFolder(self.run_dir).file(RunFolder.PERSONAL))
+                        personal_dir=RunFolder(self.run_dir).file(RunFolder.PERSONAL),
+                        new_clients=self.reader.new_clients,
+                        ood_clients=self.reader.ood_clients)
         state = self.state or engine.initial_state()
         if self.tracker is not None:
             state.mlflow_run_id = self.tracker.start(

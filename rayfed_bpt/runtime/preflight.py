@@ -33,7 +33,7 @@ def check_partition(cfg: ExperimentConfig) -> PartitionReader:
     reported in a second, before any actor starts, in time that does not grow with the
     data (``rayfed-bpt data verify`` hashes every byte)."""
     reader = PartitionReader(resolve_partition(cfg.data, cfg.seed))
-    cfg.train.check_population(reader.num_clients)
+    cfg.train.check_population(len(reader.training_ids))
     reader.verify_stamps()
     return reader
 

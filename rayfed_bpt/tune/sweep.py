@@ -274,7 +274,7 @@ def _sweep(space_path, overrides, address, resume_dir, output_dir, plugins,
     base_cfg = sp.base_config
     out_root = Path(output_dir or base_cfg.runtime.output_dir).resolve()
     partition_dir = str(resolve_partition(base_cfg.data, base_cfg.seed))
-    num_clients = PartitionReader(partition_dir, verify=False).num_clients
+    num_clients = len(PartitionReader(partition_dir, verify=False).training_ids)
     for point in corner_points(sp):  # every trial samples from this partition
         sp.trial_config(point).train.check_population(num_clients)
     if not resume_dir:
