@@ -104,7 +104,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
          "tables and PNG plots. Each run is one Ray task (one CPU); finished runs are cached "
          "under --out, so running the same command again resumes. Everything is logged to "
          "one MLflow experiment.")
-@arg("--suite", default="paper", help="which suite (default: paper)")
+@arg("--suite", default="paper", help="which suite: paper, or generalization (new clients "
+     "and unseen domains; docs/generalization.md) (default: paper)")
 @arg("--quick", action="store_true",
      help="the same suite, reduced (1 seed, tiny runs): a few minutes, for CI")
 @arg("--out", help="run cache and MLflow store (default: ./rayfed_runs/experiment-<suite>)")

@@ -182,11 +182,15 @@ def test_execute_caches_runs_and_reports_failures_without_losing_others(part4, t
                                                                         local_ray):
     good = RunSpec("main", "dm4", "fedavg_vpt", 0,
                    tiny(part4, "algorithm.name=fedavg_vpt", "train.eval_every=1"))
-    twin = RunSpec("main", "dm4", "fedavg_vpt", 0, good.overrides)  # the same config
+    # the same config asked for by a second stage: one run, each spec its own labels
+    twin = RunSpec("select", "dm4", "fedavg_vpt", 0, good.overrides, "personal", "none")
     store, lines = RunStore(tmp_path), []
     recs = execute([good, twin], store, log=lines.append)
     assert "2 runs: 0 from the cache, 1 to run" in lines[0]
-    assert recs[0] is recs[1] and len(recs[0]["history"]) == 2
+    assert recs[0]["history"] == recs[1]["history"] and len(recs[0]["history"]) == 2
+    assert (recs[0]["stage"], recs[0]["study"]) == ("main", "")
+    assert (recs[1]["stage"], recs[1]["study"], recs[1]["value"]) == ("select", "personal",
+                                                                      "none")
     ref = run_reference(load_config(None, list(good.overrides)), log=None)
     assert recs[0]["history"][-1]["acc_mean"] == ref[-1]["acc_mean"]  # a Ray task = the loop
     lines.clear()

@@ -172,3 +172,19 @@ def test_held_out_clients_on_ray_actors_equal_the_reference(data_root, tmp_path,
     for key in KEYS:
         steps = [h.step for h in client.get_metric_history(summary["mlflow_run_id"], key)]
         assert steps == [1, 2], key
+
+
+def test_new_clients_are_sampled_at_each_evaluation_as_the_others_are(data_root):
+    """``train.eval_new=each`` with ``train.eval_fraction``: a seeded share of the new
+    clients (with its interval) at intermediate evaluations, every one at the last."""
+    from rayfed_bpt.engine import run_reference
+
+    cfg = load_config(None, [*HELD_OUT, "algorithm.name=fedavg_vpt", "data.num_clients=8",
+                             "data.new_clients=4", "train.eval_new=each",
+                             "train.eval_fraction=0.5", "algorithm.options.prompt_len=2"])
+    first, last = run_reference(cfg, log=None)
+    assert first["new_eval_clients"] == 2 and first["eval_clients"] == 2
+    assert math.isfinite(first["new_acc_mean_ci95"])
+    assert math.isfinite(first["new_acc_adapted_mean_ci95"])
+    assert "new_eval_clients" not in last and "new_acc_mean_ci95" not in last
+    assert "ood_eval_clients" not in first  # one client per unseen domain: never sampled

@@ -174,9 +174,14 @@ class Engine:
 
     def _held_out_summary(self, global_state: State, personal: dict[int, State], round: int,
                           prefix: str, tag: str) -> dict[str, float]:
-        evals = self.pool.evaluate(global_state, personal, round, None, ("test",))
+        evals = sorted(self.pool.evaluate(global_state, personal, round, None, ("test",)),
+                       key=lambda e: e.client_id)  # any pool's order: the same sums
         summary = summarize(evals, self.domain_names, False)
         del summary["global_acc"]  # no pooled global model among held-out clients
+        population = len(self.held_out[prefix])
+        if len(evals) < population:  # a sample of the new clients: its interval, as above
+            summary["acc_mean_ci95"] = mean_ci95([e.accuracy for e in evals if e.total],
+                                                 population)
         out = {}
         for k, v in summary.items():
             if k.startswith("domain_acc/") and v != v:

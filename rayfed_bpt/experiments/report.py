@@ -195,7 +195,10 @@ def write_report(out: Path, suite: Suite, tune: list[dict], main: list[dict], se
     if info.get("notes"):
         md += ["## Notes", "", info["notes"], ""]
     path = out / "results.md"
-    path.write_text("\n".join(md))
+    from .generalization import SECTION  # the generalization suite's section stays
+
+    kept = path.read_text().partition(SECTION) if path.exists() else ("", "", "")
+    path.write_text("\n".join(md) + ("\n" + "".join(kept[1:]) if kept[1] else ""))
     return path
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import Interrupted, RayfedError
 from ..runtime.tasks import run_configs
@@ -52,9 +56,8 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
             if log:
                 log(f"[{done}/{len(todo)}] FAILED {s.label()}: {failures[-1]}")
             continue
-        rec = {"key": k, **{f: getattr(s, f) for f in ("stage", "setting", "method", "seed",
-                                                         "study", "value")},
-               "overrides": list(s.overrides), "final_evals": s.final_evals, **out}
+        rec = {"key": k, **_labels(s), "overrides": list(s.overrides),
+               "final_evals": s.final_evals, **out}
         if tracker is not None:
             rec["mlflow_run_id"] = log_run(tracker, rec, parent_run_id)
         store.put(rec)
@@ -69,7 +72,80 @@ def execute(specs: list[RunSpec], store: RunStore, tracker=None, parent_run_id: 
         raise RayfedError(
             f"{len(failures)} run(s) failed (finished runs are kept in {store.dir}; run the "
             "same command again to retry only the failed ones):\n  " + "\n  ".join(failures))
-    return [records[k] for _, k in keyed]
+    # each spec's own labels: one run can answer two specs (pFedBayesPT's tuning run at a
+    # rate is its personal-part selection's "none" run), and each stage reads its own
+    return [{**records[k], **_labels(s)} for s, k in keyed]
+
+
+def _labels(spec: RunSpec) -> dict:
+    """Where a run belongs in the report: its stage, setting, method, seed, study, value."""
+    return {f: getattr(spec, f) for f in ("stage", "setting", "method", "seed", "study",
+                                          "value")}
+
+
+@dataclass
+class Session:
+    """One invocation of a suite: its run cache, report folder and MLflow parent run."""
+
+    store: RunStore
+    report_dir: Path
+    parent: Any = None  # the invocation's MLflow run (a Tracker), with its id
+    child: Any = None  # where each federated run goes, under the parent
+    parent_id: str | None = None
+    experiment: str = ""  # the MLflow experiment's name
+    t0: float = field(default_factory=time.perf_counter)
+
+    def finish(self, report: Path, runs: int, log) -> float:
+        """The report is written: the wall time, the parent run's metrics and artifacts."""
+        wall = time.perf_counter() - self.t0
+        if self.parent is not None:
+            from ..tracking import ui_command
+
+            self.parent.log_metrics({"wall_seconds": wall, "runs": runs}, step=0)
+            self.parent.log_artifacts(self.report_dir)
+            self.parent.finish()
+            log(f"MLflow experiment {self.experiment} in {self.parent.uri}\n"
+                f"  browse it: {ui_command(self.parent.uri)}")
+        log(f"report: {report} ({wall / 60:.1f} min)")
+        return wall
+
+
+@contextmanager
+def suite_session(suite_name: str, quick: bool, out: str | Path | None,
+                  report_dir: str | Path | None, address: str | None, tracking: bool,
+                  tracking_uri: str | None, command: str) -> Iterator[Session]:
+    """Ray, the run cache (``out``, default ``./rayfed_runs/experiment-<suite>``) and
+    MLflow for one invocation; Ctrl-C / SIGTERM inside stop it cleanly, keeping every
+    finished run (and the invocation's time, which the report counts)."""
+    from ..runtime.launch import init_ray
+    from ..runtime.signals import sigterm_as_interrupt, stop_signal
+    from ..tracking import Tracker, resolve_tracking_uri
+
+    out = Path(out or f"rayfed_runs/experiment-{suite_name}").resolve()
+    ses = Session(RunStore(out), Path(report_dir).resolve() if report_dir else out / "report",
+                  experiment=f"rayfed_bpt-{suite_name}")
+    init_ray(address)
+    if tracking:
+        uri = resolve_tracking_uri(tracking_uri, out)
+        ses.parent, ses.child = (Tracker(uri, ses.experiment, artifact_root=out / "mlartifacts")
+                                 for _ in range(2))
+        ses.parent_id = ses.parent.start(f"suite {suite_name}",
+                                         {"command": command, "quick": quick})
+    ses.t0 = time.perf_counter()
+    try:
+        with sigterm_as_interrupt():
+            yield ses
+    except BaseException as e:
+        # an interrupted invocation still counts in the report's wall time
+        ses.store.log_invocation(time.perf_counter() - ses.t0, ses.store.written)
+        if ses.parent is not None:
+            ses.parent.finish("FAILED")
+        if isinstance(e, KeyboardInterrupt):
+            code, name = stop_signal()
+            raise Interrupted(f"stopped by {name}: the {ses.store.written} run(s) finished in "
+                              f"this invocation are kept in {ses.store.dir}; run the same "
+                              "command again to resume", code) from None
+        raise
 
 
 def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None = None,
@@ -80,71 +156,49 @@ def run_suite(name: str = "paper", quick: bool = False, out: str | Path | None =
     """Tune, run and report a suite; return the path of its ``results.md``.
     ``add_methods`` join every setting's rows (a plugin's method: name its module in
     ``plugins``)."""
-    from ..runtime.launch import init_ray
-    from ..runtime.signals import sigterm_as_interrupt, stop_signal
-    from ..tracking import Tracker, resolve_tracking_uri, ui_command
     from .paper import SUITES
     from .report import chosen_personal, tuned_lrs, write_report
 
+    if name == "generalization":  # its own runs and report
+        from .generalization import run_generalization
+
+        if add_methods or plugins:
+            raise RayfedError("--add-method / --import: the paper suite takes them; the "
+                              "generalization suite runs its fixed rows")
+        return run_generalization(quick, out, report_dir, address, tracking, tracking_uri,
+                                  command, log)
     if name not in SUITES:
-        raise RayfedError(f"unknown suite {name!r}; available: {sorted(SUITES)}")
+        raise RayfedError(f"unknown suite {name!r}; available: "
+                          f"{sorted([*SUITES, 'generalization'])}")
     suite = SUITES[name](quick)
     if add_methods or plugins:
         suite = suite.with_methods(add_methods, plugins)
-    out = Path(out or f"rayfed_runs/experiment-{suite.name}").resolve()
-    report_dir = Path(report_dir).resolve() if report_dir else out / "report"
-    store = RunStore(out)
-    init_ray(address)
-    parent, child, parent_id = None, None, None
-    if tracking:
-        uri = resolve_tracking_uri(tracking_uri, out)
-        parent = Tracker(uri, f"rayfed_bpt-{suite.name}", artifact_root=out / "mlartifacts")
-        child = Tracker(uri, f"rayfed_bpt-{suite.name}", artifact_root=out / "mlartifacts")
-        parent_id = parent.start(f"suite {suite.name}", {"command": command, "quick": quick})
-    t0 = time.perf_counter()
-    try:
-        with sigterm_as_interrupt():
-            log(f"stage 1/2: learning-rate tuning on {suite.tune_setting}, "
-                f"seed {suite.tune_seed}")
-            tune = execute(suite.tune_runs(), store, child, parent_id, log)
-            lrs = tuned_lrs(tune)
-            log("tuned learning rates: " + ", ".join(f"{m} {v:g}" for m, v in lrs.items()))
-            select = execute(suite.select_runs(lrs), store, child, parent_id, log)
-            personal, _ = chosen_personal(suite, select)
-            if personal:
-                log(f"personal part chosen on validation: {personal}")
-            main_specs, sens_specs = suite.main_runs(lrs), suite.sensitivity_runs(lrs)
-            var_specs = suite.variant_runs(lrs, personal)
-            log(f"stage 2/2: {len(main_specs)} main runs, {len(sens_specs)} sensitivity "
-                f"runs, {len(var_specs)} option-variant runs")
-            done = execute(main_specs + sens_specs + var_specs, store, child, parent_id, log)
-    except BaseException as e:
-        # an interrupted invocation still counts in the report's wall time
-        store.log_invocation(time.perf_counter() - t0, store.written)
-        if parent is not None:
-            parent.finish("FAILED")
-        if isinstance(e, KeyboardInterrupt):
-            code, name = stop_signal()
-            raise Interrupted(f"stopped by {name}: the {store.written} run(s) finished in "
-                              f"this invocation are kept in {store.dir}; run the same command "
-                              "again to resume", code) from None
-        raise
+    with suite_session(suite.name, quick, out, report_dir, address, tracking, tracking_uri,
+                       command) as ses:
+        store, child, parent_id = ses.store, ses.child, ses.parent_id
+        log(f"stage 1/2: learning-rate tuning on {suite.tune_setting}, "
+            f"seed {suite.tune_seed}")
+        tune = execute(suite.tune_runs(), store, child, parent_id, log)
+        lrs = tuned_lrs(tune)
+        log("tuned learning rates: " + ", ".join(f"{m} {v:g}" for m, v in lrs.items()))
+        select = execute(suite.select_runs(lrs), store, child, parent_id, log)
+        personal, _ = chosen_personal(suite, select)
+        if personal:
+            log(f"personal part chosen on validation: {personal}")
+        main_specs, sens_specs = suite.main_runs(lrs), suite.sensitivity_runs(lrs)
+        var_specs = suite.variant_runs(lrs, personal)
+        log(f"stage 2/2: {len(main_specs)} main runs, {len(sens_specs)} sensitivity "
+            f"runs, {len(var_specs)} option-variant runs")
+        done = execute(main_specs + sens_specs + var_specs, store, child, parent_id, log)
     n_main, n_sens = len(main_specs), len(sens_specs)
     main, sens = done[:n_main], done[n_main : n_main + n_sens]
     variants = done[n_main + n_sens :]
-    wall = time.perf_counter() - t0
     records = tune + select + main + sens + variants
     keys = sorted({r["key"] for r in records})
-    history = store.log_invocation(wall, store.written)
+    history = store.log_invocation(time.perf_counter() - ses.t0, store.written)
     info = _report_info(suite, name, quick, command, records, keys, history)
-    path = write_report(report_dir, suite, tune, main, sens, lrs, info, variants, select)
-    if parent is not None:
-        parent.log_metrics({"wall_seconds": wall, "runs": len(keys)}, step=0)
-        parent.log_artifacts(report_dir)
-        parent.finish()
-        log(f"MLflow experiment rayfed_bpt-{suite.name} in {parent.uri}\n"
-            f"  browse it: {ui_command(parent.uri)}")
-    log(f"report: {path} ({wall / 60:.1f} min)")
+    path = write_report(ses.report_dir, suite, tune, main, sens, lrs, info, variants, select)
+    ses.finish(path, len(keys), log)
     return path
 
 
