@@ -96,7 +96,13 @@ def test_bad_held_out_settings_are_refused_with_the_fix(digits4):
             load_config(None, [bad])
 
 
-@pytest.mark.parametrize("algorithm", BUILT_IN)
+#: in the default run; every other registered algorithm in the slow set (`pytest -m slow`)
+DEFAULT_RUN = ("pfedbayespt", "fedavg_vpt", "fedper_vpt", "pfedpg")
+
+
+@pytest.mark.parametrize("algorithm", [a if a in DEFAULT_RUN else
+                                       pytest.param(a, marks=pytest.mark.slow)
+                                       for a in BUILT_IN])
 def test_every_algorithm_logs_new_and_unseen_domain_metrics_to_mlflow(algorithm, data_root,
                                                                        tmp_path):
     from mlflow.tracking import MlflowClient
