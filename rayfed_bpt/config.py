@@ -208,7 +208,7 @@ class TrainConfig(Checked):
                               f"{num_clients} a round (or set train.fraction)")
 
 
-FAULTS = ("driver_exit", "actor_exit", "pause")
+FAULTS = ("driver_exit", "actor_exit", "pause", "disk_full")
 
 
 @dataclass
@@ -263,7 +263,9 @@ class RuntimeConfig(Checked):
                                  bounds=AT_LEAST_1)
     faults: list = knob(help="deterministic fault injection, for tests: driver_exit@K (the "
                         "driver dies after round K's checkpoint), actor_exit@K (a client "
-                        "actor dies as it starts round K), pause@K (wait after round K)",
+                        "actor dies as it starts round K), pause@K (wait after round K), "
+                        "disk_full@K (the device fills half-way through round K's "
+                        "checkpoint)",
                         factory=list)
 
     @property

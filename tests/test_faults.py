@@ -232,3 +232,112 @@ def test_a_sweep_folder_someone_writes_is_refused_to_a_second_writer(tmp_path):
     assert f"is being written by rayfed-bpt pid {os.getpid()}" in r.stderr
     assert f"rayfed-bpt {command} --resume {folder}" in r.stderr
     assert sorted(p.name for p in folder.iterdir()) == sorted([*files, ".writer.lock"])
+
+
+def test_a_device_that_fills_during_a_checkpoint_keeps_the_last_one_whole(tmp_path):
+    """The device takes half of round 2's checkpoint file, then has no room: one message
+    (free space, what the checkpoint needs, the intact round, the resume command), the
+    temporary file gone, round 1's checkpoint and every piece it names still read."""
+    import torch
+
+    from rayfed_bpt.engine.checkpoint import checkpoint_round, save_checkpoint
+    from rayfed_bpt.engine.personal_store import PersonalStore
+    from rayfed_bpt.engine.state import RunState
+    from rayfed_bpt.errors import RayfedError
+
+    run = tmp_path / "run"
+    store = PersonalStore([0, 1])
+    store.put(0, {"head": torch.zeros(4)})
+    store.put(1, {"head": torch.ones(4)})
+    save_checkpoint(run, RunState(1, {"w": torch.arange(8.0)}, store, [{"round": 1}]), {})
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    store.put(1, {"head": torch.full((4,), 2.0)})  # round 2 changes client 1
+    state = RunState(2, {"w": torch.arange(8.0) * 2}, store, [{"round": 1}, {"round": 2}])
+    with pytest.raises(RayfedError) as e:
+        save_checkpoint(run, state, {}, fill_after=0.5)
+    msg = str(e.value)
+    assert msg.startswith(f"no space left on the device of {run} (No space left on device) "
+                          "while writing round 2's checkpoint: ")
+    assert "MiB free, the checkpoint needs up to" in msg
+    assert f"the checkpoint of round 1 is intact: free space (or move the run folder) and " \
+           f"resume with `rayfed-bpt run --resume {run}`" in msg
+    assert not list(run.glob(".checkpoint.*"))  # the half-written file is gone
+    assert checkpoint_round(run) == 1
+    loaded = load_checkpoint(run)[0]
+    assert loaded.global_state["w"].equal(torch.arange(8.0))
+    assert loaded.personal[1]["head"].equal(torch.ones(4))  # round 1's piece, not round 2's
+    after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert all(after[name] == data for name, data in before.items())  # nothing rewritten
+
+
+@pytest.mark.slow  # two runs through the CLI, ~40 s
+def test_a_run_whose_disk_fills_stops_with_exit_2_and_resumes_to_the_clean_numbers(part4,
+                                                                                    tmp_path):
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "full"
+    args = overrides(part4, out, "runtime.run_name=full")
+    r = subprocess.run(CLI + ["--no-progress", "--set", *args, "runtime.faults=[disk_full@2]"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("rayfed-bpt: error")]
+    assert "Traceback" not in r.stderr and len(errors) == 1, r.stderr
+    assert "while writing round 2's checkpoint" in r.stderr
+    assert f"resume with `rayfed-bpt run --resume {run_dir}`" in r.stderr
+    assert load_checkpoint(run_dir)[0].round == 1
+    r = subprocess.run(CLI + ["--no-progress", "--resume", str(run_dir)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    resumed = load_checkpoint(run_dir)[0]
+    clean = run_reference(load_config(None, args), log=None)
+    assert resumed.round == 3 and strip(resumed.history) == strip(clean)
+
+
+CRASH = """
+import os, signal, sys
+import torch
+from rayfed_bpt.engine.checkpoint import save_checkpoint
+from rayfed_bpt.engine.personal_store import PersonalStore
+from rayfed_bpt.engine.state import RunState
+
+run, point = sys.argv[1], sys.argv[2]
+store = PersonalStore([0, 1, 2])
+for k in range(3):
+    store.put(k, {"head": torch.full((4,), float(k))})
+save_checkpoint(run, RunState(1, {"w": torch.ones(3)}, store, [{"round": 1}]), {})
+store.put(1, {"head": torch.full((4,), 10.0)})  # round 2 changes two clients
+store.put(2, {"head": torch.full((4,), 20.0)})
+kill = lambda p: os.kill(os.getpid(), signal.SIGKILL) if p == point else None
+save_checkpoint(run, RunState(2, {"w": torch.ones(3) * 2}, store,
+                              [{"round": 1}, {"round": 2}]), {}, at=kill)
+"""
+
+
+@pytest.mark.slow  # a process killed at each of 5 points, ~15 s
+def test_a_kill_at_any_write_point_of_a_checkpoint_leaves_one_that_reads_right(tmp_path):
+    """SIGKILL at each point of a checkpoint's write (pieces written, file written, latest
+    moved to previous, new latest in place, old pieces collected): what a resume reads is
+    round 1's state or round 2's, whole, never a mix; the next checkpoint is written over
+    whatever the crash left."""
+    import torch
+
+    from rayfed_bpt.engine.checkpoint import WRITE_POINTS, CheckpointWriter, save_checkpoint
+    from rayfed_bpt.engine.state import RunState
+
+    for i, point in enumerate(WRITE_POINTS):
+        run = tmp_path / point
+        r = subprocess.run([sys.executable, "-c", CRASH, str(run), point], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == -signal.SIGKILL, (point, r.stderr[-2000:])
+        state = load_checkpoint(run)[0]
+        new = i >= WRITE_POINTS.index("latest")  # the new file in place: round 2 is read
+        assert state.round == (2 if new else 1), point
+        assert state.global_state["w"].equal(torch.ones(3) * state.round), point
+        heads = [float(state.personal[k]["head"][0]) for k in range(3)]
+        assert heads == ([0.0, 10.0, 20.0] if new else [0.0, 1.0, 2.0]), point
+        CheckpointWriter(run, {}, every=1, rounds=3)  # a resumed run's writer
+        assert not list(run.glob(".checkpoint.*")), point  # the crash's leftover swept
+        state.round += 1
+        save_checkpoint(run, RunState(state.round, state.global_state, state.personal,
+                                      state.history), {})
+        again = load_checkpoint(run)[0]
+        assert again.round == state.round and [
+            float(again.personal[k]["head"][0]) for k in range(3)] == heads, point

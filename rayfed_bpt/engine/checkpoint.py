@@ -23,9 +23,12 @@ process checks a ``--resume`` folder before Ray starts.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data.arrow_io import match_umask
@@ -39,40 +42,100 @@ FORMAT = "rayfed_bpt.checkpoint/2"
 FORMAT_1 = "rayfed_bpt.checkpoint/1"  # personal tensors inside the file: read, not written
 
 
-def save_checkpoint(run_dir: str | Path, state: RunState, config: dict) -> Path:
+#: the errors of a device with no room left: no space, or the user's quota spent
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+#: the moments of a checkpoint's write a crash can fall between, in order (``at``)
+WRITE_POINTS = ("pieces", "written", "previous", "latest", "collected")
+
+
+def save_checkpoint(run_dir: str | Path, state: RunState, config: dict,
+                    fill_after: float | None = None,
+                    at: Callable[[str], None] | None = None) -> Path:
     """Write ``state`` as the latest checkpoint (the changed clients' pieces, then the
     global state and manifest); the last one becomes the previous; unreferenced pieces
-    go."""
-    from safetensors.torch import save_file
+    go. A device that fills up on the way stops the run with one message (what is
+    free, what the checkpoint needs, the round whose checkpoint is intact, how to
+    resume); nothing half-written is ever taken for a checkpoint. ``fill_after`` (a
+    fault test's, ``runtime.faults`` ``disk_full@K``): the device takes only that share
+    of the checkpoint file, then reports no space. ``at`` (a crash test's) is called at
+    each of ``WRITE_POINTS`` as it is passed."""
+    try:
+        return _save(Path(run_dir), state, config, fill_after, at or (lambda point: None))
+    except OSError as e:
+        if e.errno not in FULL:
+            raise
+        raise disk_full(Path(run_dir), state, e) from None
 
-    run_dir = Path(run_dir)
+
+def disk_full(run_dir: Path, state: RunState, error: OSError) -> RayfedError:
+    """The message of a checkpoint the device had no room for."""
+    need = sum(t.numel() * t.element_size() for t in state.global_state.values())
+    need += as_store(state.personal).memory_bytes()
+    try:
+        free = f"{shutil.disk_usage(run_dir).free / 2**20:,.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    at = checkpoint_round(run_dir)
+    kept = (f"the checkpoint of round {at} is intact: free space (or move the run folder) "
+            f"and resume with `rayfed-bpt run --resume {run_dir}`" if at is not None else
+            "no checkpoint was completed yet: free space and start the run again")
+    return RayfedError(f"no space left on the device of {run_dir} ({error.strerror}) while "
+                       f"writing round {state.round}'s checkpoint: {free}, the checkpoint "
+                       f"needs up to {need / 2**20:,.1f} MiB; {kept}")
+
+
+def _save(run_dir: Path, state: RunState, config: dict, fill_after: float | None,
+          at: Callable[[str], None]) -> Path:
+    from safetensors.torch import save
+
     run_dir.mkdir(parents=True, exist_ok=True)
     state.personal = store = as_store(state.personal)
     manifest = store.flush(run_dir / RunFolder.PERSONAL)
+    at("pieces")
     tensors = {f"global/{k}": v.detach().contiguous().clone()
                for k, v in state.global_state.items()}
     meta = {"format": FORMAT, "round": state.round,
             "personal": {str(c): list(p) for c, p in sorted(manifest.items())},
             "history": state.history, "mlflow_run_id": state.mlflow_run_id, "config": config}
+    data = save(tensors, metadata={"rayfed_bpt": json.dumps(meta)})
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"rayfed_bpt": json.dumps(meta)})
+        with os.fdopen(fd, "wb") as f:
+            if fill_after is not None:  # an injected full device: part of it, then no room
+                f.write(data[: int(len(data) * fill_after)])
+                f.flush()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces anything
         match_umask(tmp)
-        with open(tmp, "rb") as f:  # on disk before it replaces anything
-            os.fsync(f.fileno())
+        at("written")
         if not _reads_back(Path(tmp), state.round, tensors):
             raise RayfedError(f"checkpoint written to {tmp} does not read back")
         latest = run_dir / LATEST
         if _whole(latest) is not None:  # a damaged latest never displaces prev
             os.replace(latest, run_dir / PREVIOUS)
+        at("previous")
         os.replace(tmp, latest)
+        _fsync_dir(run_dir)  # the renames themselves on disk
+        at("latest")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     previous = _whole(run_dir / PREVIOUS)
     store.collect(sha for sha, _ in _manifest(previous or {}).values())
+    at("collected")
     return run_dir / LATEST
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _manifest(meta: dict) -> dict[int, tuple[str, int]]:
@@ -201,8 +264,10 @@ class CheckpointWriter(RoundListener):
 
     timing = "checkpoint_seconds"
 
-    def __init__(self, run_dir: str | Path, config: dict, every: int, rounds: int):
+    def __init__(self, run_dir: str | Path, config: dict, every: int, rounds: int,
+                 full_at: Callable[[int], bool] | None = None):
         self.run_dir, self.config, self.every, self.rounds = Path(run_dir), config, every, rounds
+        self.full_at = full_at  # a fault test's: the device fills during round r's checkpoint
         # a writer killed mid-write (a hard crash) leaves its temporary file: one writer
         # per run folder at a time, so whatever is there now is such a leftover
         for leftover in self.run_dir.glob(".checkpoint.*.tmp"):
@@ -210,4 +275,5 @@ class CheckpointWriter(RoundListener):
 
     def on_round(self, state: RunState, metrics: dict) -> None:
         if state.round % self.every == 0 or state.round == self.rounds:
-            save_checkpoint(self.run_dir, state, self.config)
+            full = self.full_at is not None and self.full_at(state.round)
+            save_checkpoint(self.run_dir, state, self.config, 0.5 if full else None)

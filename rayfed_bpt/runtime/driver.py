@@ -175,7 +175,8 @@ class Driver:
 
         listeners: list[RoundListener] = [
             CheckpointWriter(self.run_dir, self.cfg_dict, cfg.runtime.checkpoint_every,
-                             cfg.train.rounds),
+                             cfg.train.rounds, lambda r: faults.due(
+                                 cfg.runtime.faults, self.run_dir, "disk_full", r)),
             ResultsWriter(RunFolder(self.run_dir), self.cfg_dict, workers)]  # at the end
         if self._tracking is not None:  # after results/: its on_finish logs them
             self.tracker = self._tracking.result()

@@ -8,7 +8,9 @@ restarted driver or client actor sees the fault as spent.
 - ``driver_exit@K``: the driver actor's process exits after round K's checkpoint;
 - ``actor_exit@K``: the client actor that starts the first work of round K exits;
 - ``pause@K``: after round K's checkpoint the run waits until ``release(run_dir, K)``
-  (a test sends a signal, or stops a server, at exactly that point).
+  (a test sends a signal, or stops a server, at exactly that point);
+- ``disk_full@K``: the device takes half of round K's checkpoint file, then reports no
+  space (``engine.checkpoint``: the run stops, the previous checkpoint intact).
 """
 
 from __future__ import annotations
