@@ -15,6 +15,7 @@ Ray as they are, and cost no import time in the entry process.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ class PartitionConfig(Checked):
                             "natural (see docs/data.md, Partitioners)")
     num_clients: int = knob(20, "how many clients the dataset is split among",
                             bounds=AT_LEAST_1)
-    seed: int | None = knob(None, "partition seed; unset: the run's seed (0 in `data partition`)")
+    seed: int | None = knob(None, "partition seed; unset: the run's seed (0 in `data partition`)",
+                            bounds="[0, inf)")
     domain_alpha: float = knob(0.5, "domain_mix: Dirichlet concentration of each client's "
                                "domain mix (small: few domains per client)", bounds=POSITIVE)
     label_alpha: float | None = knob(None, "Dirichlet concentration of the label skew: dirichlet "
@@ -109,9 +111,9 @@ class PartitionConfig(Checked):
 class DataConfig(PartitionConfig):
     dataset: str | None = knob(None, "a dataset .arrow file, or a built-in name: digits4 or "
                                "digits4+rotate+colour+noise+invert (extra domains); unset: "
-                               "digits4")
+                               "digits4", path=True)
     partition_dir: str | None = knob(None, "an existing partition folder; unset: made (once) "
-                                     "from the recipe fields")
+                                     "from the recipe fields", path=True)
     max_train_per_client: int | None = knob(None, "subsample each client's train split "
                                             "(quick runs)", bounds=AT_LEAST_1)
     max_test_per_client: int | None = knob(None, "subsample each client's test split",
@@ -130,7 +132,7 @@ class BackboneConfig(Checked):
     name: str | None = knob(None, "timm model name (source timm or file)")
     checkpoint: str | None = knob(None, "weights file (source file): .safetensors, or a "
                                   ".pth/.pt/.bin state dict, with or without its classifier "
-                                  "head; read as tensors only, never unpickled")
+                                  "head; read as tensors only, never unpickled", path=True)
     img_size: int | None = knob(None, "input side of a timm architecture (source timm or file;"
                                 " unset: the architecture's own, e.g. 224)", bounds=AT_LEAST_1)
     mean: list | None = knob(None, "per-channel normalisation mean, 3 numbers; unset: from the "
@@ -208,6 +210,8 @@ class TrainConfig(Checked):
                               f"{num_clients} a round (or set train.fraction)")
 
 
+#: what ray.init accepts as an address: auto, local, HOST:PORT, ray://HOST:PORT
+ADDRESS = re.compile(r"auto|local|(ray://)?[\w.\-\[\]:]+:\d{1,5}")
 FAULTS = ("driver_exit", "actor_exit", "pause", "disk_full")
 
 
@@ -257,7 +261,8 @@ class RuntimeConfig(Checked):
     client_cache_mb: float = knob(1024.0, "MiB the opened clients may hold per actor, at "
                                   "most (cached features dominate: 3 KiB an image at ViT-B "
                                   "width)", bounds=POSITIVE)
-    output_dir: str = knob("rayfed_runs", "where run folders (and the default MLflow store) go")
+    output_dir: str = knob("rayfed_runs", "where run folders (and the default MLflow store) go",
+                           path=True)
     run_name: str | None = knob(None, "run folder and MLflow run name; unset: timestamp + suffix")
     checkpoint_every: int = knob(1, "write a checkpoint every this many rounds",
                                  bounds=AT_LEAST_1)
@@ -288,6 +293,11 @@ class RuntimeConfig(Checked):
             raise ConfigError(f"runtime.run_name={name!r} must be one folder name inside "
                               "runtime.output_dir: no '/' or '\\', no control characters, "
                               "not '.' or '..' (e.g. runtime.run_name=exp1)")
+        if self.address is not None and not ADDRESS.fullmatch(self.address):
+            raise ConfigError(f"runtime.address={self.address!r}: write HOST:PORT (a head's "
+                              "GCS address, e.g. 10.0.0.1:6379), ray://HOST:PORT (Ray Client), "
+                              "auto (the cluster `ray start` made on this machine), or leave it "
+                              "unset (a local Ray)")
         for f in self.faults:
             kind, _, at = str(f).partition("@")
             if kind not in FAULTS or not at.isdigit():
@@ -301,7 +311,7 @@ class TrackingConfig(Checked):
 
     enabled: bool = knob(True, "log to MLflow")
     tracking_uri: str | None = knob(None, "MLflow store; unset: $MLFLOW_TRACKING_URI, else "
-                                    "SQLite under output_dir")
+                                    "SQLite under output_dir", path=True)
     experiment: str = knob("rayfed_bpt", "MLflow experiment name")
 
 
@@ -317,7 +327,8 @@ class AlgorithmConfig(Checked):
 
 @dataclass
 class ExperimentConfig:
-    seed: int = knob(0, "seed of sampling, initialisation and (unset data.seed) the partition")
+    seed: int = knob(0, "seed of sampling, initialisation and (unset data.seed) the partition",
+                     bounds="[0, inf)")
     plugins: list = knob(help="modules imported first, in every process of the run (their "
                          "algorithms, partitioners and importers register themselves; "
                          "--import adds to it; docs/extending.md)", factory=list)
@@ -332,6 +343,7 @@ class ExperimentConfig:
         # imported wherever a config is made, so what they register is known before a
         # name is looked up (processes that receive a config from Ray import them in
         # engine.setup)
+        knobs.check_knobs(self, "")  # the top level's own (seed)
         import_plugins(self.plugins)
         algorithm_options(self.algorithm.name, self.algorithm.options)
         check_pool(self.runtime.pool)

@@ -25,11 +25,14 @@ from .errors import ConfigError
 
 
 def knob(default: Any = None, help: str = "", factory: Any = None, *,
-         choices: tuple | None = None, bounds: str | None = None) -> Any:
+         choices: tuple | None = None, bounds: str | None = None, path: bool = False) -> Any:
     """A setting: its default (or ``factory``), help text, and what is allowed — one of
     ``choices``, or a number within ``bounds`` written as an interval: ``"[1, inf)"``,
-    ``"(0, 1]"``. Numbers must be finite whatever the bounds (NaN and inf refused)."""
-    meta = {"help": help, "choices": choices, "bounds": _interval(bounds) if bounds else None}
+    ``"(0, 1]"``. Numbers must be finite whatever the bounds (NaN and inf refused).
+    ``path``: a file or folder (or a file-backed URI) whose name a file system must be
+    able to hold."""
+    meta = {"help": help, "choices": choices, "bounds": _interval(bounds) if bounds else None,
+            "path": path}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -57,13 +60,39 @@ def check_knobs(obj: Any, prefix: str) -> None:
         if v is None:
             continue
         key = f"{prefix}.{f.name}" if prefix else f.name
+        if isinstance(v, str) and not v.strip():  # never "the default" in disguise
+            raise ConfigError(f"{key} is empty: give it a value, or leave it unset (its "
+                              "default)")
         choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
+        if f.metadata.get("path") and isinstance(v, str):
+            check_path(key, v)
         if choices is not None and v not in choices:
             raise ConfigError(f"{key}={v!r}; allowed: {list(choices)}")
         if bounds is not None and isinstance(v, int | float) and not isinstance(v, bool):
             lo, hi, lo_in, hi_in = bounds
             if not ((lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)):
                 raise ConfigError(f"{key} must {_allowed(bounds)}, got {v}")
+
+
+#: the longest name of one file or folder, and of a whole path, that Linux and macOS take
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_path(key: str, value: str) -> None:
+    """A path (or a ``file:``/``sqlite:`` URI's path) no file system can hold is refused
+    here, by name, before anything tries to create it: a part longer than ``NAME_MAX``
+    bytes, or the whole longer than ``PATH_MAX``. A server's URI is not a path."""
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme not in ("file", "sqlite"):
+        return
+    path = rest if sep else value
+    longest = max(path.split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > NAME_MAX:
+        raise ConfigError(f"{key}: its part {longest[:24]!r}... is {len(longest.encode())} bytes "
+                          f"long; a file system takes at most {NAME_MAX}: choose a shorter name")
+    if len(path.encode()) > PATH_MAX:
+        raise ConfigError(f"{key}: a path of {len(path.encode())} bytes; a file system takes at "
+                          f"most {PATH_MAX}: choose a shorter one")
 
 
 class Checked:

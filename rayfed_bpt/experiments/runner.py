@@ -122,9 +122,9 @@ def suite_session(suite_name: str, quick: bool, out: str | Path | None,
     from ..tracking import Tracker, resolve_tracking_uri
 
     out = Path(out or f"rayfed_runs/experiment-{suite_name}").resolve()
+    init_ray(address)  # a cluster that cannot be joined: refused before anything is written
     ses = Session(RunStore(out), Path(report_dir).resolve() if report_dir else out / "report",
                   experiment=f"rayfed_bpt-{suite_name}")
-    init_ray(address)
     if tracking:
         uri = resolve_tracking_uri(tracking_uri, out)
         ses.parent, ses.child = (Tracker(uri, ses.experiment, artifact_root=out / "mlartifacts")

@@ -22,12 +22,13 @@ from ray.exceptions import RayTaskError
 
 from ..config import ExperimentConfig
 from ..engine.checkpoint import checkpoint_round
+from ..errors import RayfedError
 from ..progress import Display
 from ..run_folder import RunFolder, one_writer
 from ..tracking import check_tracking_uri, resolve_tracking_uri, ui_command
 from .preflight import check_backbone_file, check_partition, input_note
 from .signals import sigterm_as_interrupt, stop_signal
-from .supervisor import Supervisor, unwrap
+from .supervisor import Supervisor, first_line, unwrap
 
 
 def init_ray(address: str | None, preload: str = "rayfed_bpt.engine.host") -> bool:
@@ -39,7 +40,13 @@ def init_ray(address: str | None, preload: str = "rayfed_bpt.engine.host") -> bo
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ValueError, ConnectionError) as e:  # a malformed or unreachable address
+            raise RayfedError(f"cannot join the Ray cluster at {address!r} (--address / "
+                              f"runtime.address / $RAY_ADDRESS): {first_line(e)}. Check the "
+                              "head's address (HOST:PORT, e.g. 10.0.0.1:6379) and that it is "
+                              "up (`ray status`).") from None
     else:
         ray.init(include_dashboard=False, log_to_driver=True,
                  _system_config={"preload_python_modules": [preload]})
