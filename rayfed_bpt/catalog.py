@@ -1,5 +1,5 @@
-"""Algorithms and client pools by name, without torch: each algorithm's ``Options``,
-preset and class; each pool's class.
+"""Algorithms, client pools and config presets by name, without torch: each algorithm's
+``Options``, preset and class; each pool's class; each shipped YAML preset's file.
 
 A config is checked where it is made, in the entry process, before Ray starts; the
 algorithm's name and options are part of it. Importing the algorithms themselves
@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -269,3 +270,20 @@ class BayesPTOptions:
                 "algorithm.options.sample=false trains a deterministic prompt (no explicit "
                 "layer): it needs beta=0 and eval_mode=mean (got beta="
                 f"{self.beta}, eval_mode={self.eval_mode}); the preset pfedbayespt_det sets both")
+
+
+#: config presets shipped with the package, by name (`--config domainnet10`)
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def preset_path(path: str | Path) -> Path:
+    """``--config``: a YAML file, or the name of a preset shipped with the package
+    (``rayfed_bpt/presets/``: domainnet10, domainnet, office_caltech10)."""
+    path = Path(path)
+    if not path.exists() and not path.suffix and (PRESETS / f"{path}.yaml").exists():
+        return PRESETS / f"{path}.yaml"
+    return path
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import knobs
-from .catalog import algorithm_options, check_pool
+from .catalog import algorithm_options, check_pool, preset_path
 from .errors import ConfigError
 from .knobs import Checked, apply_overrides, knob, read_yaml, set_key
 from .plugins import import_plugins
@@ -376,22 +376,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     d = read_yaml(preset_path(path)) if path else {}
     d = apply_overrides(d, list(overrides))
     return from_dict(ExperimentConfig, with_plugins(d, plugins))
-
-
-PRESETS = Path(__file__).resolve().parent / "presets"
-
-
-def preset_path(path: str | Path) -> Path:
-    """``--config``: a YAML file, or the name of a preset shipped with the package
-    (``rayfed_bpt/presets/``: domainnet10, domainnet, office_caltech10)."""
-    path = Path(path)
-    if not path.exists() and not path.suffix and (PRESETS / f"{path}.yaml").exists():
-        return PRESETS / f"{path}.yaml"
-    return path
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
 def with_plugins(d: dict, plugins: list[str]) -> dict:

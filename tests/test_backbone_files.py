@@ -156,7 +156,7 @@ def test_the_start_says_what_happens_to_images_of_another_size():
 
 
 def test_the_paper_presets_are_configs_by_name():
-    from rayfed_bpt.config import preset_names
+    from rayfed_bpt.catalog import preset_names
 
     assert preset_names() == ["domainnet", "domainnet10", "office_caltech10"]
     for name in preset_names():

@@ -157,8 +157,9 @@ def test_every_documented_command_parses_and_its_config_is_valid(page, monkeypat
     choices allowed), and a run's ``--config``/``--set`` make a config that passes every
     check before Ray would start: a renamed option or key fails here."""
     import rayfed_bpt.cli  # noqa: F401 - registers the commands
+    from rayfed_bpt.catalog import PRESETS
     from rayfed_bpt.cli_parser import build_parser
-    from rayfed_bpt.config import PRESETS, load_config
+    from rayfed_bpt.config import load_config
 
     monkeypatch.syspath_prepend(str(REPO / "examples" / "fedprox_plugin"))  # its plugin
     parser = build_parser()
