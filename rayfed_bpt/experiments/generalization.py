@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .paper import DIGITS8
-from .stats import fmt, holm, mean_std, paired_test, pval
+from .stats import adjusted, fmt, mean_std, paired, paired_test, pval
 from .suite import FLAGSHIP, LR_FROM, NAMES, REFERENCES, RunSpec, Setting
+from .tables import _plain as plain
 
 #: the deciding rows: the method, its two controls of what the prompt is made from (no
 #: Bayesian layer; no x), one global prompt, a personal head, the parameter-matched MLP
@@ -118,17 +119,10 @@ def comparisons(rows: list[dict], stem: str) -> dict[str, object]:
     by = {r["method"]: r for r in rows}
     if FLAGSHIP not in by:
         return {}
-    tests = {}
-    for m, r in by.items():
-        if m == FLAGSHIP or m in REFERENCES:
-            continue
-        a, b = by[FLAGSHIP], r
-        seeds = [s for s in a["seeds"] if s in b["seeds"]]
-        d = [a[stem][a["seeds"].index(s)] - b[stem][b["seeds"].index(s)] for s in seeds]
-        if d and not any(math.isnan(x) for x in d):
-            tests[m] = paired_test(d)
-    adjusted = holm([t.p for t in tests.values()])
-    return {m: replace(t, p_adj=p) for (m, t), p in zip(tests.items(), adjusted)}
+    diffs = {m: paired(by[FLAGSHIP], r, stem) for m, r in by.items()
+             if m != FLAGSHIP and m not in REFERENCES}
+    return adjusted({m: paired_test(d) for m, d in diffs.items()
+                     if len(d) and not np.isnan(d).any()})
 
 
 def _cell(vals: list[float]) -> str:
@@ -136,8 +130,7 @@ def _cell(vals: list[float]) -> str:
 
 
 def _plain(vals: list[float]) -> str:
-    m, s = mean_std(vals)
-    return "n/a" if math.isnan(m) else f"{m:.3f}" + ("" if math.isnan(s) else f" ± {s:.3f}")
+    return plain(*mean_std(vals), 3)
 
 
 def setting_table(rows: list[dict], has_ood: bool) -> str:

@@ -111,11 +111,18 @@ def paired_word(d) -> str:
     return paired_test(d).word
 
 
-def paired(a: dict, b: dict) -> np.ndarray:
-    """Per-seed differences a - b of the mean client accuracy, on the seeds both ran."""
+def paired(a: dict, b: dict, key: str = "acc") -> np.ndarray:
+    """Per-seed differences a - b of the per-seed values ``key`` (the mean client accuracy
+    by default), on the seeds both ran."""
     seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
-    return np.asarray([a["acc"][a["seeds"].index(s)] - b["acc"][b["seeds"].index(s)]
+    return np.asarray([a[key][a["seeds"].index(s)] - b[key][b["seeds"].index(s)]
                        for s in seeds])
+
+
+def adjusted(tests: dict[str, PairedTest]) -> dict[str, PairedTest]:
+    """The same tests, each with its p Holm-adjusted across all of them (one family)."""
+    ps = holm([t.p for t in tests.values()])
+    return {m: replace(t, p_adj=p) for (m, t), p in zip(tests.items(), ps)}
 
 
 def paired_text(t: PairedTest) -> str:
@@ -150,9 +157,7 @@ def comparisons(rows: list[dict]) -> dict[str, PairedTest]:
         return {}
     others = dict.fromkeys(m for m in (best_baseline(rows), *CONTROLS, *ABLATIONS)
                            if m in by and m != FLAGSHIP)
-    tests = {m: paired_test(paired(by[FLAGSHIP], by[m])) for m in others}
-    adjusted = holm([t.p for t in tests.values()])
-    return {m: replace(t, p_adj=a) for (m, t), a in zip(tests.items(), adjusted)}
+    return adjusted({m: paired_test(paired(by[FLAGSHIP], by[m])) for m in others})
 
 
 def ablation_lines(rows: list[dict]) -> list[str]:
